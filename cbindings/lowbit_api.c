@@ -1,0 +1,275 @@
+// lowbit-gguf's narrow C API over the patched llama.cpp (see lowbit_api.h).
+#include "lowbit_api.h"
+
+#include "ggml.h"
+#include "llama.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct lb_model {
+    struct llama_model *       model;
+    struct llama_context *     ctx;
+    const struct llama_vocab * vocab;
+    int32_t                    n_vocab;
+    int32_t                    n_ctx;
+    int32_t                    n_batch;
+    struct llama_batch         batch;  // reused for every decode, n_batch slots
+};
+
+static char    g_error[1024];
+static int32_t g_verbose = 0;
+static int     g_backend_ready = 0;
+
+static int32_t set_error(const char * fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(g_error, sizeof(g_error), fmt, args);
+    va_end(args);
+    return -1;
+}
+
+static void log_callback(enum ggml_log_level level, const char * text, void * user_data) {
+    (void) user_data;
+    if (g_verbose || level == GGML_LOG_LEVEL_ERROR) {
+        fputs(text, stderr);
+    }
+    if (level == GGML_LOG_LEVEL_ERROR) {
+        // keep the library's own reason: it is the best message for a file the loader refuses
+        size_t used = strlen(g_error);
+        if (used + 1 < sizeof(g_error)) {
+            snprintf(g_error + used, sizeof(g_error) - used, "%s", text);
+        }
+    }
+}
+
+static void ensure_backend(void) {
+    if (!g_backend_ready) {
+        llama_log_set(log_callback, NULL);
+        llama_backend_init();
+        g_backend_ready = 1;
+    }
+}
+
+const char * lb_runtime_version(void) { return llama_lowbit_version(); }
+const char * lb_system_info(void) { ensure_backend(); return llama_print_system_info(); }
+const char * lb_last_error(void) { return g_error; }
+void lb_set_verbose(int32_t verbose) { g_verbose = verbose; ensure_backend(); }
+
+lb_model * lb_model_load(const char * path, int32_t n_ctx, int32_t n_threads, int32_t n_gpu_layers) {
+    ensure_backend();
+    g_error[0] = '\0';
+    struct llama_model_params mparams = llama_model_default_params();
+    mparams.n_gpu_layers = n_gpu_layers;
+    struct llama_model * model = llama_model_load_from_file(path, mparams);
+    if (!model) {
+        char reason[sizeof(g_error)];
+        snprintf(reason, sizeof(reason), "%s", g_error);
+        set_error("llama.cpp could not load %s: %s", path, reason[0] ? reason : "unknown reason");
+        return NULL;
+    }
+    struct llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx   = n_ctx > 0 ? (uint32_t) n_ctx : 0;
+    cparams.n_batch = cparams.n_ctx > 0 ? cparams.n_ctx : cparams.n_batch;
+    if (n_threads > 0) {
+        cparams.n_threads       = n_threads;
+        cparams.n_threads_batch = n_threads;
+    }
+    struct llama_context * ctx = llama_init_from_model(model, cparams);
+    if (!ctx) {
+        llama_model_free(model);
+        set_error("llama.cpp could not create a context of %d tokens for %s", n_ctx, path);
+        return NULL;
+    }
+    lb_model * m = calloc(1, sizeof(*m));
+    if (!m) {
+        llama_free(ctx);
+        llama_model_free(model);
+        set_error("out of memory");
+        return NULL;
+    }
+    m->model   = model;
+    m->ctx     = ctx;
+    m->vocab   = llama_model_get_vocab(model);
+    m->n_vocab = llama_vocab_n_tokens(m->vocab);
+    m->n_ctx   = (int32_t) llama_n_ctx(ctx);
+    m->n_batch = (int32_t) llama_n_batch(ctx);
+    m->batch   = llama_batch_init(m->n_batch, 0, 1);
+    return m;
+}
+
+void lb_model_free(lb_model * m) {
+    if (!m) {
+        return;
+    }
+    llama_batch_free(m->batch);
+    llama_free(m->ctx);
+    llama_model_free(m->model);
+    free(m);
+}
+
+int32_t lb_n_vocab(const lb_model * m) { return m->n_vocab; }
+int32_t lb_n_ctx(const lb_model * m) { return m->n_ctx; }
+int32_t lb_token_bos(const lb_model * m) { return llama_vocab_bos(m->vocab); }
+int32_t lb_token_eos(const lb_model * m) { return llama_vocab_eos(m->vocab); }
+int32_t lb_token_is_eog(const lb_model * m, int32_t token) { return llama_vocab_is_eog(m->vocab, token); }
+
+int32_t lb_tokenize(const lb_model * m, const char * text, int32_t text_len, int32_t add_special,
+                    int32_t * out, int32_t max_tokens) {
+    return llama_tokenize(m->vocab, text, text_len, out, max_tokens, add_special != 0, false);
+}
+
+int32_t lb_token_to_piece(const lb_model * m, int32_t token, char * buf, int32_t buf_len) {
+    if (token < 0 || token >= m->n_vocab) {
+        return set_error("token %d is outside the vocabulary (0..%d)", token, m->n_vocab - 1);
+    }
+    return llama_token_to_piece(m->vocab, token, buf, buf_len, 0, false);
+}
+
+static int32_t check_window(const lb_model * m, const int32_t * tokens, int32_t n, int32_t pos0) {
+    if (n <= 0 || pos0 < 0 || pos0 + n > m->n_ctx) {
+        return set_error("positions %d..%d do not fit the context of %d tokens", pos0, pos0 + n - 1, m->n_ctx);
+    }
+    for (int32_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
+            return set_error("token %d at index %d is outside the vocabulary (0..%d)", tokens[i], i, m->n_vocab - 1);
+        }
+    }
+    return 0;
+}
+
+// Decode tokens[start, start+count) at positions pos0+start..; wants_logits(i) picks output rows.
+static int32_t decode_chunk(lb_model * m, const int32_t * tokens, int32_t start, int32_t count, int32_t pos0,
+                            const int8_t * wants_logits) {
+    struct llama_batch * b = &m->batch;
+    b->n_tokens = count;
+    for (int32_t j = 0; j < count; j++) {
+        b->token[j]     = tokens[start + j];
+        b->pos[j]       = pos0 + start + j;
+        b->n_seq_id[j]  = 1;
+        b->seq_id[j][0] = 0;
+        b->logits[j]    = wants_logits[start + j];
+    }
+    int32_t rc = llama_decode(m->ctx, *b);
+    if (rc != 0) {
+        return set_error("llama_decode failed with code %d", rc);
+    }
+    return 0;
+}
+
+int32_t lb_eval(lb_model * m, const int32_t * tokens, int32_t n, int32_t pos0, int32_t all_logits,
+                float * logits_out) {
+    if (check_window(m, tokens, n, pos0) != 0) {
+        return -1;
+    }
+    if (pos0 == 0) {
+        llama_memory_clear(llama_get_memory(m->ctx), true);
+    }
+    int8_t * wants = calloc((size_t) n, 1);
+    if (!wants) {
+        return set_error("out of memory");
+    }
+    for (int32_t i = 0; i < n; i++) {
+        wants[i] = all_logits || i == n - 1;
+    }
+    for (int32_t start = 0; start < n; start += m->n_batch) {
+        int32_t count = n - start < m->n_batch ? n - start : m->n_batch;
+        if (decode_chunk(m, tokens, start, count, pos0, wants) != 0) {
+            free(wants);
+            return -1;
+        }
+        for (int32_t j = 0; j < count; j++) {
+            if (!wants[start + j]) {
+                continue;
+            }
+            const float * row = llama_get_logits_ith(m->ctx, j);
+            float * dst = all_logits ? logits_out + (size_t) (start + j) * m->n_vocab : logits_out;
+            memcpy(dst, row, sizeof(float) * (size_t) m->n_vocab);
+        }
+    }
+    free(wants);
+    return 0;
+}
+
+// -log softmax(row)[target], in double so long windows add up without drift
+static double token_nll(const float * row, int32_t n_vocab, int32_t target) {
+    float max = row[0];
+    for (int32_t v = 1; v < n_vocab; v++) {
+        max = row[v] > max ? row[v] : max;
+    }
+    double sum = 0.0;
+    for (int32_t v = 0; v < n_vocab; v++) {
+        sum += exp((double) row[v] - max);
+    }
+    return log(sum) - ((double) row[target] - max);
+}
+
+int32_t lb_score_window(lb_model * m, const int32_t * tokens, int32_t n, int32_t first_scored, double * nll_sum) {
+    if (check_window(m, tokens, n, 0) != 0) {
+        return -1;
+    }
+    if (first_scored < 1 || first_scored >= n) {
+        return set_error("first scored token %d must lie in 1..%d", first_scored, n - 1);
+    }
+    llama_memory_clear(llama_get_memory(m->ctx), true);
+    int8_t * wants = calloc((size_t) n, 1);
+    if (!wants) {
+        return set_error("out of memory");
+    }
+    // the logits at position i predict token i + 1
+    for (int32_t i = first_scored - 1; i < n - 1; i++) {
+        wants[i] = 1;
+    }
+    int32_t scored = 0;
+    for (int32_t start = 0; start < n; start += m->n_batch) {
+        int32_t count = n - start < m->n_batch ? n - start : m->n_batch;
+        if (decode_chunk(m, tokens, start, count, 0, wants) != 0) {
+            free(wants);
+            return -1;
+        }
+        for (int32_t j = 0; j < count; j++) {
+            int32_t i = start + j;
+            if (wants[i]) {
+                *nll_sum += token_nll(llama_get_logits_ith(m->ctx, j), m->n_vocab, tokens[i + 1]);
+                scored++;
+            }
+        }
+    }
+    free(wants);
+    return scored;
+}
+
+int32_t lb_type_count(void) { return GGML_TYPE_COUNT; }
+
+static int type_in_range(int32_t type) { return type >= 0 && type < GGML_TYPE_COUNT; }
+
+const char * lb_type_name(int32_t type) { return type_in_range(type) ? ggml_type_name((enum ggml_type) type) : ""; }
+int64_t lb_type_block_size(int32_t type) { return type_in_range(type) ? ggml_blck_size((enum ggml_type) type) : -1; }
+int64_t lb_type_size(int32_t type) { return type_in_range(type) ? (int64_t) ggml_type_size((enum ggml_type) type) : -1; }
+
+int32_t lb_dequantize(int32_t type, const void * data, size_t nbytes, float * out, int64_t n_values) {
+    if (!type_in_range(type)) {
+        return set_error("ggml type %d does not exist (0..%d)", type, GGML_TYPE_COUNT - 1);
+    }
+    const struct ggml_type_traits * traits = ggml_get_type_traits((enum ggml_type) type);
+    if (!traits->to_float || traits->blck_size <= 0 || traits->type_size == 0) {
+        return set_error("ggml type %s has no dequantize kernel", traits->type_name);
+    }
+    if (n_values <= 0 || n_values % traits->blck_size != 0) {
+        return set_error("%lld values is not a whole number of %s blocks of %lld", (long long) n_values,
+                         traits->type_name, (long long) traits->blck_size);
+    }
+    size_t expected = (size_t) (n_values / traits->blck_size) * traits->type_size;
+    if (nbytes != expected) {
+        return set_error("%lld %s values take %zu bytes, got %zu", (long long) n_values, traits->type_name,
+                         expected, nbytes);
+    }
+    if (!ggml_validate_row_data((enum ggml_type) type, data, nbytes)) {
+        return set_error("%s data is invalid (non-finite scales or out-of-range values)", traits->type_name);
+    }
+    traits->to_float(data, out, n_values);
+    return 0;
+}

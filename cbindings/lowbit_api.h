@@ -1,0 +1,52 @@
+/* lowbit-gguf's narrow C API over the patched llama.cpp, loaded from Python through cffi (ABI mode).
+ * Plain types only, so the cffi declarations are this file itself (minus the preprocessor lines).
+ * Every function that can fail returns a negative value and leaves a message in lb_last_error(). */
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct lb_model lb_model;
+
+/* Tag of the patch series compiled into libllama, e.g. "lowbit-gguf-1". */
+const char * lb_runtime_version(void);
+const char * lb_system_info(void);
+const char * lb_last_error(void);
+
+/* 0 silences llama.cpp's log (the default), 1 passes it to stderr. */
+void lb_set_verbose(int32_t verbose);
+
+/* n_ctx 0 takes the model's training context; n_threads <= 0 uses every core. NULL on failure. */
+lb_model * lb_model_load(const char * path, int32_t n_ctx, int32_t n_threads, int32_t n_gpu_layers);
+void       lb_model_free(lb_model * model);
+
+int32_t lb_n_vocab(const lb_model * model);
+int32_t lb_n_ctx(const lb_model * model);
+int32_t lb_token_bos(const lb_model * model);
+int32_t lb_token_eos(const lb_model * model);
+int32_t lb_token_is_eog(const lb_model * model, int32_t token);
+
+/* Writes at most max_tokens ids; returns the count, or -(count needed) when out is too small. */
+int32_t lb_tokenize(const lb_model * model, const char * text, int32_t text_len, int32_t add_special,
+                    int32_t * out, int32_t max_tokens);
+/* Text of one token into buf (not NUL-terminated); returns its length, or a negative value. */
+int32_t lb_token_to_piece(const lb_model * model, int32_t token, char * buf, int32_t buf_len);
+
+/* Evaluate tokens at positions pos0 .. pos0+n-1 (pos0 == 0 clears the cache first).
+ * all_logits != 0: logits_out receives n x n_vocab floats, else only the last token's n_vocab. */
+int32_t lb_eval(lb_model * model, const int32_t * tokens, int32_t n_tokens, int32_t pos0,
+                int32_t all_logits, float * logits_out);
+
+/* Evaluate one window from an empty cache and add -log p(tokens[i] | tokens[<i]) for i in
+ * [first_scored, n_tokens) to *nll_sum (double precision); returns the number of tokens scored. */
+int32_t lb_score_window(lb_model * model, const int32_t * tokens, int32_t n_tokens, int32_t first_scored,
+                        double * nll_sum);
+
+/* ggml type table, for checking the Python registry against the C one. */
+int32_t     lb_type_count(void);
+const char * lb_type_name(int32_t type);
+int64_t     lb_type_block_size(int32_t type);
+int64_t     lb_type_size(int32_t type);
+
+/* Decode n_values weights of a ggml type from nbytes of raw blocks through the library's own kernel.
+ * Checks the byte count and the row data (ggml_validate_row_data) before touching them. */
+int32_t lb_dequantize(int32_t type, const void * data, size_t nbytes, float * out, int64_t n_values);

@@ -1,0 +1,79 @@
+"""Where lowbit-gguf keeps what it downloads and builds: outside the repo, reused across runs.
+
+The root is $LOWBIT_GGUF_CACHE, else $XDG_CACHE_HOME/lowbit-gguf, else ~/.cache/lowbit-gguf.
+Every download is pinned by version and sha256 and checked before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowbit_gguf.errors import LowbitError
+
+
+def cache_root() -> Path:
+    env = os.environ.get("LOWBIT_GGUF_CACHE")
+    if env:
+        root = Path(env)
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowbit-gguf"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PinnedPackage:
+    """One file from PyPI (sdist or wheel) or Debian, pinned by exact version and hash."""
+
+    source: str  # "pypi-sdist" | "pypi-wheel" | "debian"
+    name: str
+    version: str
+    filename: str
+    sha256: str
+
+    def fetch(self) -> Path:
+        """Return the verified local file, downloading it into the cache the first time."""
+        folder = cache_root() / "downloads"
+        folder.mkdir(exist_ok=True)
+        path = folder / self.filename
+        if not path.exists():
+            self._download(folder)
+        if not path.exists():
+            raise LowbitError(f"download of {self.name}=={self.version} did not produce {path.name}")
+        actual = sha256_file(path)
+        if actual != self.sha256:
+            path.rename(path.with_suffix(path.suffix + ".bad"))
+            raise LowbitError(
+                f"{path.name} has sha256 {actual}, expected {self.sha256}; "
+                "the file was moved aside, run again to download it afresh"
+            )
+        return path
+
+    def _download(self, folder: Path) -> None:
+        if self.source == "debian":
+            cmd = ["apt-get", "download", f"{self.name}={self.version}"]
+            hint = "run `apt-get update` first (as root) so apt knows the package"
+        else:
+            binary = ["--only-binary", ":all:"] if self.source == "pypi-wheel" else ["--no-binary", ":all:"]
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, "-d", str(folder),
+                   f"{self.name}=={self.version}"]
+            hint = "check that PyPI is reachable"
+        print(f"lowbit-gguf: downloading {self.name} {self.version} ...", file=sys.stderr)
+        proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LowbitError(
+                f"could not download {self.name} {self.version} ({hint}):\n{proc.stderr.strip()[-2000:]}"
+            )

@@ -1,0 +1,227 @@
+"""The lowbit-gguf command line: build the runtime, convert, quantize, evaluate, run and benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from lowbit_gguf.errors import LowbitError
+
+existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+class Group(click.Group):
+    """Turns LowbitError into a one-line message and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LowbitError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="lowbit-gguf")
+def cli():
+    """Extreme low-bit quantization of Hugging Face LLMs into GGUF files for a patched llama.cpp."""
+
+
+# ---- runtime -------------------------------------------------------------------------------------------
+
+@cli.group(cls=Group)
+def runtime():
+    """The patched llama.cpp runtime (pinned upstream + ggml_patches/)."""
+
+
+@runtime.command("build")
+@click.option("--cuda", is_flag=True, help="Also build the CUDA backend (needs nvcc).")
+@click.option("--metal", is_flag=True, help="Also build the Metal backend (macOS).")
+@click.option("--cuda-arch", default="90", show_default=True, help="CUDA architectures for --cuda.")
+@click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs (default: all cores).")
+def runtime_build(cuda, metal, cuda_arch, jobs):
+    """Fetch the pinned llama.cpp, apply the patches and build libraries and tools (cached)."""
+    from lowbit_gguf.runtime.build import BuildOptions, build_runtime
+
+    build = build_runtime(BuildOptions(cuda=cuda, metal=metal, cuda_arch=cuda_arch), jobs=jobs)
+    click.echo(f"runtime ready: {build.root}")
+    click.echo(f"  upstream {build.info['upstream']}, patches {build.info['patch_hash']}, "
+               f"backends {build.info['flags']}, built in {build.info['seconds']} s")
+    click.echo(f"  tools in {build.bin_dir}")
+
+
+@runtime.command("info")
+@click.option("--cuda", is_flag=True)
+def runtime_info(cuda):
+    """Show the build for the current patches and what the library reports."""
+    from lowbit_gguf.runtime.build import BuildOptions, find_build
+    from lowbit_gguf.runtime.library import ffi, load_library
+
+    options = BuildOptions(cuda=cuda)
+    build = find_build(options)
+    lib = load_library(options)
+    click.echo(json.dumps(build.info, indent=2))
+    click.echo(f"patch tag: {ffi.string(lib.lb_runtime_version()).decode()}")
+    click.echo(f"system:    {ffi.string(lib.lb_system_info()).decode()}")
+
+
+# ---- conversion and quantization ------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("model_dir", type=existing_dir)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write.")
+@click.option("--type", "out_type", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f16",
+              show_default=True)
+def convert(model_dir, output, out_type):
+    """Convert a Hugging Face checkpoint to GGUF (llama.cpp's own converter, pinned)."""
+    from lowbit_gguf.gguf.convert import convert as run_convert
+
+    run_convert(model_dir, output, out_type)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("model_dir", type=existing_dir)
+@click.option("--method", required=True, help="Quantization method (see `lowbit-gguf methods`).")
+@click.option("--config", default=None, help="Method config, e.g. 2x8 for AQLM or w4g32 for rtn.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write.")
+@click.option("--calib-text", default="calibration", show_default=True,
+              help="'calibration' (the default text) or a UTF-8 file.")
+@click.option("--samples", default=128, show_default=True, help="Calibration sequences.")
+@click.option("--seq-len", default=512, show_default=True, help="Tokens per calibration sequence.")
+@click.option("--device", default="cpu", show_default=True, help="Compute device for one block at a time.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Resume folder (default: OUTPUT.checkpoint); rerun the same command to resume.")
+@click.option("--save-decoded", type=click.Path(path_type=Path), default=None,
+              help="Also keep the reference-decoded model as a Hugging Face checkpoint here.")
+def quantize(model_dir, method, config, output, calib_text, samples, seq_len, device, checkpoint, save_decoded):
+    """Quantize MODEL_DIR block by block with a registered method and write a GGUF."""
+    from lowbit_gguf.quantize import quantize_checkpoint
+
+    report = quantize_checkpoint(model_dir, method, config, output, calib_text=calib_text, n_samples=samples,
+                                 seq_len=seq_len, device=device, checkpoint_dir=checkpoint,
+                                 save_decoded=save_decoded)
+    click.echo(f"wrote {report.gguf}: {len(report.result.layers)} linear layers, "
+               f"{report.result.bits_per_weight():.3f} bits/weight in the method's own storage, "
+               f"{report.seconds:.0f} s")
+
+
+@cli.command()
+def methods():
+    """List the registered quantization methods."""
+    from lowbit_gguf.methods import METHODS, available_methods
+
+    for name in available_methods():
+        click.echo(f"{name:10s} {METHODS[name].description}")
+
+
+# ---- evaluation and running ----------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("gguf_file", type=existing_file)
+@click.option("--text", default="evaluation", show_default=True,
+              help="'evaluation' (held-out default text), 'calibration', or a UTF-8 file.")
+@click.option("--ctx", default=512, show_default=True, help="Tokens per window.")
+@click.option("--chunks", type=int, default=None, help="Score only the first N windows.")
+@click.option("--threads", "-t", type=int, default=0, help="CPU threads (default: all cores).")
+@click.option("--hf", "hf_dir", type=existing_dir, default=None,
+              help="Also score this Hugging Face model in transformers on the same tokens.")
+def ppl(gguf_file, text, ctx, chunks, threads, hf_dir):
+    """Perplexity of a GGUF through the patched runtime (second half of each window scored)."""
+    from tqdm import tqdm
+
+    from lowbit_gguf.calibration import load_text
+    from lowbit_gguf.evaluate import count_windows, hf_perplexity, load_hf_model
+    from lowbit_gguf.runtime.library import Model, perplexity
+
+    with Model(gguf_file, n_ctx=ctx, n_threads=threads) as model:
+        tokens = model.tokenize(load_text(text))
+        if chunks:
+            tokens = tokens[:chunks * ctx]
+        with tqdm(total=count_windows(len(tokens), ctx), desc="perplexity (llama.cpp)", unit="window") as bar:
+            value = perplexity(model, tokens, ctx, progress=bar.update)
+    click.echo(f"runtime perplexity: {value:.4f} ({len(tokens) // ctx} windows of {ctx} tokens)")
+    if hf_dir:
+        reference = hf_perplexity(load_hf_model(hf_dir), tokens, ctx)
+        click.echo(f"transformers perplexity: {reference:.4f} (relative difference "
+                   f"{abs(value - reference) / reference:.3%})")
+
+
+@cli.command()
+@click.argument("gguf_file", type=existing_file)
+@click.option("-p", "--prompt", required=True)
+@click.option("-n", "--max-tokens", default=64, show_default=True)
+@click.option("--temp", default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--ctx", default=2048, show_default=True)
+@click.option("--threads", "-t", type=int, default=0)
+def run(gguf_file, prompt, max_tokens, temp, seed, ctx, threads):
+    """Generate a continuation of PROMPT with the patched runtime."""
+    from lowbit_gguf.runtime.library import Model
+
+    with Model(gguf_file, n_ctx=ctx, n_threads=threads) as model:
+        click.echo(prompt, nl=False)
+        for piece in model.generate(prompt, max_tokens=max_tokens, temperature=temp, seed=seed):
+            click.echo(piece, nl=False)
+        click.echo()
+
+
+@cli.command()
+@click.argument("gguf_files", type=existing_file, nargs=-1, required=True)
+@click.option("--threads", "-t", default=2, show_default=True)
+@click.option("-p", "--n-prompt", default=512, show_default=True)
+@click.option("-n", "--n-gen", default=128, show_default=True)
+@click.option("-r", "--repetitions", default=3, show_default=True)
+def bench(gguf_files, threads, n_prompt, n_gen, repetitions):
+    """Tokens/s with llama.cpp's llama-bench (several files are measured in one run), size and bits/weight."""
+    from lowbit_gguf.gguf.inspect import read_summary
+    from lowbit_gguf.runtime.build import find_build
+
+    tool = find_build().tool("llama-bench")
+    cmd = [str(tool), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(repetitions),
+           "-o", "json"]
+    for f in gguf_files:
+        cmd += ["-m", str(f)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LowbitError(f"llama-bench failed:\n{proc.stderr[-3000:]}")
+    rows = json.loads(proc.stdout)
+    click.echo(f"{'file':40s} {'MiB':>8s} {'bpw':>7s} {'test':>8s} {'tokens/s':>12s}")
+    for row in rows:
+        summary = read_summary(row["model_filename"])
+        test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+        click.echo(f"{Path(row['model_filename']).name:40s} {summary.file_bytes / 2**20:8.1f} "
+                   f"{summary.bits_per_weight():7.3f} {test:>8s} "
+                   f"{row['avg_ts']:8.2f} ± {row['stddev_ts']:.2f}")
+    click.echo(f"({threads} threads, {repetitions} repetitions, {os.cpu_count()} cores)")
+
+
+@cli.command()
+@click.argument("gguf_file", type=click.Path(path_type=Path))
+@click.option("--summary", is_flag=True, help="Only the totals, not every tensor.")
+def inspect(gguf_file, summary):
+    """List a GGUF's tensors, types and bits per weight."""
+    from lowbit_gguf.gguf.inspect import format_summary, read_summary
+
+    click.echo(format_summary(read_summary(gguf_file), show_tensors=not summary))
+
+
+@cli.command("default-model")
+def default_model():
+    """Prepare the default model (SmolLM2-135M-Instruct, float32) and print its directory."""
+    from lowbit_gguf.assets import default_model_dir
+
+    click.echo(default_model_dir())
+
+
+def main():
+    cli(prog_name="lowbit-gguf")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""GGUF on the Python side: export from Hugging Face, and reading files back."""

@@ -1,0 +1,81 @@
+"""Read a GGUF's tensor table: names, types, shapes, bytes and bits per weight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowbit_gguf.errors import BadGGUF
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type_name: str
+    shape: tuple[int, ...]  # ggml order: [n_in, n_out] for a weight matrix
+    n_elements: int
+    n_bytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.n_bytes / self.n_elements
+
+    @property
+    def is_block_linear(self) -> bool:
+        """A transformer block's matmul weight (what low-bit methods quantize)."""
+        return self.name.startswith("blk.") and self.name.endswith(".weight") and len(self.shape) == 2
+
+
+@dataclass(frozen=True)
+class GGUFSummary:
+    path: Path
+    architecture: str
+    tensors: list[TensorInfo]
+    file_bytes: int
+
+    def bits_per_weight(self, linear_only: bool = False) -> float:
+        chosen = [t for t in self.tensors if t.is_block_linear] if linear_only else self.tensors
+        return 8.0 * sum(t.n_bytes for t in chosen) / sum(t.n_elements for t in chosen)
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+
+def read_summary(path: str | Path) -> GGUFSummary:
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadGGUF(f"no such GGUF file: {path}")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError, struct.error, IndexError ... on bad files
+        raise BadGGUF(f"{path} is not a readable GGUF file: {exc}") from exc
+    field = reader.get_field("general.architecture")
+    architecture = field.contents() if field is not None else "unknown"
+    tensors = [
+        TensorInfo(t.name, t.tensor_type.name, tuple(int(x) for x in t.shape), int(t.n_elements), int(t.n_bytes))
+        for t in reader.tensors
+    ]
+    return GGUFSummary(path, architecture, tensors, path.stat().st_size)
+
+
+def format_summary(summary: GGUFSummary, show_tensors: bool = True) -> str:
+    lines = []
+    if show_tensors:
+        width = max(len(t.name) for t in summary.tensors)
+        for t in summary.tensors:
+            shape = "x".join(str(x) for x in t.shape)
+            lines.append(f"{t.name:<{width}}  {t.type_name:<8} {shape:>14}  {t.bits_per_weight:6.2f} bpw")
+        lines.append("")
+    types = sorted({t.type_name for t in summary.tensors})
+    lines += [
+        f"file:         {summary.path} ({summary.file_bytes / 2**20:.1f} MiB)",
+        f"architecture: {summary.architecture}",
+        f"tensors:      {len(summary.tensors)} ({', '.join(types)})",
+        f"parameters:   {summary.n_parameters / 1e6:.1f} M",
+        f"bits/weight:  {summary.bits_per_weight():.3f} over all tensors, "
+        f"{summary.bits_per_weight(linear_only=True):.3f} over block linear weights",
+    ]
+    return "\n".join(lines)

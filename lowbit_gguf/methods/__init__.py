@@ -1,0 +1,62 @@
+"""The registry of quantization methods. Each method lives in its own module and registers itself.
+
+A method is two functions around one config dataclass:
+  quantize(weight [d_out, d_in], hessian [d_in, d_in], config) -> QuantizedLinear
+  decode(payload, config) -> the exact float reference decode [d_out, d_in]
+The sequential driver (lowbit_gguf.sequential) calls quantize layer by layer; GGUF packing and the C
+kernels consume the payload, and the tests hold decode as the ground truth for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lowbit_gguf.errors import LowbitError
+
+
+@dataclass
+class QuantizedLinear:
+    payload: dict[str, torch.Tensor]  # what a GGUF writer packs (codes, codebooks, scales, ...)
+    decoded: torch.Tensor  # [d_out, d_in] float32, equal to decode(payload, config)
+    bits_per_weight: float  # everything the payload stores, per weight
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_type: type
+    quantize: Callable[[torch.Tensor, torch.Tensor, object], QuantizedLinear]
+    decode: Callable[[dict[str, torch.Tensor], object], torch.Tensor]
+    description: str
+
+    def parse_config(self, text: str | None):
+        return self.config_type.parse(text) if text else self.config_type()
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is registered twice")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_builtin_methods()
+    if name not in METHODS:
+        raise LowbitError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def available_methods() -> list[str]:
+    _load_builtin_methods()
+    return sorted(METHODS)
+
+
+def _load_builtin_methods() -> None:
+    from lowbit_gguf.methods import identity, rtn  # noqa: F401  (registration happens on import)

@@ -1,0 +1,57 @@
+"""Quantize a Hugging Face model with a registered method and write a GGUF.
+
+Until a method has its own GGUF tensor type, its file carries the reference decode of its codes in F16:
+the runtime then computes with exactly the weights the method produced, which is what perplexity parity
+between the runtime and the Python reference decode checks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowbit_gguf.calibration import calibration_tokens, load_text
+from lowbit_gguf.evaluate import hf_tokenize, load_hf_model
+from lowbit_gguf.gguf.convert import check_model_dir, convert
+from lowbit_gguf.methods import get_method
+from lowbit_gguf.sequential import QuantizationResult, quantize_model
+
+
+@dataclass
+class QuantizeReport:
+    result: QuantizationResult
+    gguf: Path
+    seconds: float
+
+
+def quantize_checkpoint(model_dir: Path, method: str, config: str | None, out: Path, *,
+                        calib_text: str = "calibration", n_samples: int = 128, seq_len: int = 512,
+                        device: str = "cpu", checkpoint_dir: Path | None = None,
+                        save_decoded: Path | None = None, progress: bool = True) -> QuantizeReport:
+    started = time.time()
+    model_dir, out = Path(model_dir), Path(out)
+    check_model_dir(model_dir)
+    spec = get_method(method)
+    parsed = spec.parse_config(config)
+    tokens = calibration_tokens(hf_tokenize(model_dir, load_text(calib_text)), n_samples, seq_len)
+    model = load_hf_model(model_dir)
+    # An interrupted run leaves its checkpoint beside the output; running the same command resumes it.
+    checkpoint_dir = checkpoint_dir or out.with_name(out.name + ".checkpoint")
+    result = quantize_model(model, tokens, spec, parsed, device=device, checkpoint_dir=checkpoint_dir,
+                            progress=progress)
+    decoded_dir = Path(save_decoded) if save_decoded else Path(tempfile.mkdtemp(prefix="lowbit-decoded-"))
+    try:
+        model.save_pretrained(decoded_dir)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                     "chat_template.jinja", "generation_config.json"):
+            if (model_dir / name).exists():
+                shutil.copy2(model_dir / name, decoded_dir / name)
+        convert(decoded_dir, out, "f16", quiet=True)
+    finally:
+        if not save_decoded:
+            shutil.rmtree(decoded_dir, ignore_errors=True)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return QuantizeReport(result, out, time.time() - started)

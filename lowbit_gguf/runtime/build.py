@@ -1,0 +1,263 @@
+"""Build the patched llama.cpp runtime: pinned upstream source + ggml_patches/ -> cached libraries and tools.
+
+The build lives under <cache>/runtime/<key>/ where the key hashes the upstream pin, every patch, the C
+bindings and the backend flags, so a changed patch gives a fresh build and an unchanged one costs seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lowbit_gguf.cache import PinnedPackage, cache_root
+from lowbit_gguf.errors import LowbitError, RuntimeNotBuilt
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PATCH_DIR = PROJECT_ROOT / "ggml_patches"
+BINDINGS_DIR = PROJECT_ROOT / "cbindings"
+
+# llama-cpp-python's sdist vendors a complete llama.cpp (commit 0c1e57098, 2026-10-01) under vendor/llama.cpp.
+UPSTREAM = PinnedPackage(
+    source="pypi-sdist",
+    name="llama-cpp-python",
+    version="0.3.36",
+    filename="llama_cpp_python-0.3.36.tar.gz",
+    sha256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+)
+UPSTREAM_SUBDIR = "llama_cpp_python-0.3.36/vendor/llama.cpp"
+UPSTREAM_COMMIT = "0c1e57098"
+
+TOOLS = ("llama-cli", "llama-completion", "llama-perplexity", "llama-bench", "llama-quantize", "llama-imatrix")
+SHIM_NAME = "liblowbit_api.so"
+
+COMMON_CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",  # llama-cli is built as part of the server tools
+)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    cuda: bool = False
+    metal: bool = False
+    cuda_arch: str = "90"  # Hopper (H100/H200); override with --cuda-arch
+
+    @property
+    def tag(self) -> str:
+        parts = ["cpu"] + (["cuda" + self.cuda_arch] if self.cuda else []) + (["metal"] if self.metal else [])
+        return "-".join(parts)
+
+    def cmake_flags(self) -> list[str]:
+        flags = list(COMMON_CMAKE_FLAGS)
+        if self.cuda:
+            # No libcuda on build machines: virtual memory management needs the driver API.
+            flags += ["-DGGML_CUDA=ON", "-DGGML_CUDA_NO_VMM=ON", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_arch}"]
+        if self.metal:
+            flags += ["-DGGML_METAL=ON"]
+        return flags
+
+
+def read_series() -> list[Path]:
+    """The ordered patch list; every *.patch in ggml_patches/ must be listed exactly once."""
+    series = PATCH_DIR / "series"
+    names = [ln.strip() for ln in series.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    on_disk = {p.name for p in PATCH_DIR.glob("*.patch")}
+    duplicated = {n for n in names if names.count(n) > 1}
+    missing = [n for n in names if n not in on_disk]
+    unlisted = sorted(on_disk - set(names))
+    if duplicated or missing or unlisted:
+        raise LowbitError(
+            f"ggml_patches/series is out of step with the folder: duplicated {sorted(duplicated)}, "
+            f"listed but missing {missing}, present but unlisted {unlisted}"
+        )
+    return [PATCH_DIR / n for n in names]
+
+
+def _bindings_files() -> list[Path]:
+    return sorted(p for p in BINDINGS_DIR.iterdir() if p.suffix in (".c", ".h"))
+
+
+def patch_hash() -> str:
+    """Hash of everything that changes the built runtime besides the flags: series, patches, bindings."""
+    digest = hashlib.sha256()
+    digest.update(f"{UPSTREAM.name}=={UPSTREAM.version}:{UPSTREAM.sha256}\n".encode())
+    for path in [PATCH_DIR / "series", *read_series(), *_bindings_files()]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class RuntimeBuild:
+    """A finished build: where its libraries and tools are."""
+
+    root: Path
+    options: BuildOptions
+    info: dict = field(default_factory=dict)
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "build" / "bin"
+
+    @property
+    def shim(self) -> Path:
+        return self.root / "lib" / SHIM_NAME
+
+    @property
+    def source_dir(self) -> Path:
+        return self.root / "src"
+
+    def tool(self, name: str) -> Path:
+        path = self.bin_dir / name
+        if not path.exists():
+            raise RuntimeNotBuilt(f"{name} is missing from the runtime build at {self.root}")
+        return path
+
+
+def build_dir_for(options: BuildOptions) -> Path:
+    return cache_root() / "runtime" / f"{UPSTREAM.version}-{options.tag}-{patch_hash()}"
+
+
+def find_build(options: BuildOptions = BuildOptions()) -> RuntimeBuild:
+    """The finished build for the current patches, or a RuntimeNotBuilt error that says what to run."""
+    root = build_dir_for(options)
+    stamp = root / "build.json"
+    if not stamp.exists():
+        flag = " --cuda" if options.cuda else ""
+        raise RuntimeNotBuilt(
+            f"no patched runtime is built for the current ggml_patches/ and cbindings/ ({root.name}); "
+            f"run `lowbit-gguf runtime build{flag}`"
+        )
+    return RuntimeBuild(root, options, json.loads(stamp.read_text()))
+
+
+def build_runtime(options: BuildOptions = BuildOptions(), jobs: int | None = None,
+                  progress: bool = True) -> RuntimeBuild:
+    """Fetch, patch and build; returns at once when a finished build for these inputs exists."""
+    try:
+        return find_build(options)
+    except RuntimeNotBuilt:
+        pass
+    root = build_dir_for(options)
+    started = time.time()
+    source = root / "src"
+    if source.exists():
+        shutil.rmtree(source)  # a half-finished earlier attempt: start from pristine upstream
+    root.mkdir(parents=True, exist_ok=True)
+    extract_upstream(source)
+    apply_series(source)
+    _cmake(root, options, jobs, progress)
+    _compile_shim(root)
+    info = {
+        "upstream": f"{UPSTREAM.name}=={UPSTREAM.version} (llama.cpp {UPSTREAM_COMMIT})",
+        "patch_hash": patch_hash(),
+        "flags": options.tag,
+        "seconds": round(time.time() - started, 1),
+    }
+    (root / "build.json").write_text(json.dumps(info, indent=2))
+    return RuntimeBuild(root, options, info)
+
+
+def extract_upstream(dest: Path) -> None:
+    """Unpack vendor/llama.cpp from the verified sdist into dest."""
+    sdist = UPSTREAM.fetch()
+    prefix = UPSTREAM_SUBDIR + "/"
+    with tarfile.open(sdist, "r:gz") as tar:
+        members = []
+        for member in tar.getmembers():
+            if member.name.startswith(prefix):
+                member.name = member.name[len(prefix):]
+                members.append(member)
+        tar.extractall(dest, members=members, filter="data")
+    # vendor/llama.cpp/.git points at a submodule dir that is not there; ninja loops on it.
+    (dest / ".git").unlink(missing_ok=True)
+
+
+class PatchError(LowbitError):
+    pass
+
+
+def apply_series(source: Path) -> None:
+    """Apply every patch of the series in order."""
+    for patch in read_series():
+        apply_patch(source, patch)
+
+
+def apply_patch(source: Path, patch: Path) -> None:
+    """Apply one patch, checking it first; one that does not apply cleanly stops with patch's own report
+    (file and hunk) and leaves the tree untouched."""
+    for dry_run in (True, False):
+        cmd = ["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-d", str(source),
+               "-i", str(patch)] + (["--dry-run"] if dry_run else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise PatchError(f"{patch.name} does not apply to llama.cpp {UPSTREAM_COMMIT}:\n"
+                             f"{proc.stdout}{proc.stderr}")
+
+
+def _run_logged(cmd: list[str], log: Path, env: dict, progress: bool, desc: str) -> None:
+    """Run a build step, logging everything; ninja's [n/m] lines drive a progress bar."""
+    bar = tqdm(total=None, desc=desc, unit="step", disable=not progress, file=sys.stderr)
+    with open(log, "a") as logf, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                 text=True, env=env) as proc:
+        for line in proc.stdout:
+            logf.write(line)
+            m = re.match(r"\[(\d+)/(\d+)\]", line)
+            if m:
+                bar.total = int(m.group(2))
+                bar.n = int(m.group(1))
+                bar.refresh()
+        proc.wait()
+    bar.close()
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        raise LowbitError(f"{desc} failed (exit {proc.returncode}); full log: {log}\n{tail}")
+
+
+def _cmake(root: Path, options: BuildOptions, jobs: int | None, progress: bool) -> None:
+    env = dict(os.environ)
+    # Paths inside the key dir become relative, so ccache hits across keys for unchanged files.
+    env["CCACHE_BASEDIR"] = str(root)
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    log = root / "build.log"
+    log.write_text("")
+    configure = subprocess.run(["cmake", "-S", str(root / "src"), "-B", str(root / "build"), *generator,
+                                *options.cmake_flags()], capture_output=True, text=True, env=env, cwd=root)
+    with open(log, "a") as logf:
+        logf.write(configure.stdout + configure.stderr)
+    if configure.returncode != 0:
+        raise LowbitError(f"cmake configure failed; full log: {log}\n{configure.stderr[-3000:]}")
+    jobs = jobs or os.cpu_count() or 2
+    _run_logged(["cmake", "--build", str(root / "build"), "-j", str(jobs), "--target", "llama", *TOOLS],
+                log, env, progress, "building llama.cpp")
+
+
+def _compile_shim(root: Path) -> None:
+    """Compile cbindings/lowbit_api.c against the patched libllama into <root>/lib."""
+    src = root / "src"
+    out = root / "lib" / SHIM_NAME
+    out.parent.mkdir(exist_ok=True)
+    bin_dir = root / "build" / "bin"
+    cmd = ["cc", "-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror",
+           str(BINDINGS_DIR / "lowbit_api.c"), "-I", str(BINDINGS_DIR),
+           "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
+           "-L", str(bin_dir), "-lllama", "-lggml", "-lggml-base",
+           f"-Wl,-rpath,{bin_dir}", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LowbitError(f"compiling the C bindings failed:\n{proc.stderr}")

@@ -1,0 +1,242 @@
+"""The sequential driver every method shares.
+
+For each transformer block in turn: run the calibration activations through it while hooks accumulate
+H = X^T X (float64) for every linear layer, quantize each linear with the method, put its reference decode
+in place of the weight, and run the block again so its quantized outputs feed the next block.
+Only one block is on the compute device at a time, and only one block's activations are held, so memory
+does not grow with depth. After every block the payloads and the activations are checkpointed, so an
+interrupted run resumes at the next block instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lowbit_gguf.errors import LowbitError, UnsupportedModel
+from lowbit_gguf.methods import MethodSpec, QuantizedLinear
+
+
+class _StopForward(Exception):
+    pass
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a llama-family causal LM (model.model.layers)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedModel(f"{type(model).__name__} has no model.layers: not a llama-family decoder")
+    return layers
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Hidden states entering block 0 ([n_seq, seq_len, d]) and the keyword arguments the model passes
+    its blocks (rotary embeddings, attention mask, positions), caught by stopping at block 0."""
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+        captured["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _StopForward
+
+    handle = decoder_blocks(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(tokens, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    kwargs = captured["kwargs"]
+    kwargs.pop("past_key_values", None)
+    kwargs["use_cache"] = False
+    return captured["hidden"], kwargs
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _batch_kwargs(kwargs: dict, start: int, stop: int, n_seq: int) -> dict:
+    """Slice per-sequence tensors (batch dim == n_seq) to one mini-batch; shared ones pass as they are."""
+
+    def cut(v):
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n_seq and n_seq > 1:
+            return v[start:stop]
+        if isinstance(v, tuple):
+            return tuple(cut(x) for x in v)
+        return v
+
+    return {k: cut(v) for k, v in kwargs.items()}
+
+
+@torch.no_grad()
+def _run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int) -> torch.Tensor:
+    outputs = torch.empty_like(hidden)
+    n_seq = hidden.shape[0]
+    for start in range(0, n_seq, batch_size):
+        stop = min(start + batch_size, n_seq)
+        out = block(hidden[start:stop], **_batch_kwargs(kwargs, start, stop, n_seq))
+        outputs[start:stop] = out[0] if isinstance(out, tuple) else out
+    return outputs
+
+
+@torch.no_grad()
+def collect_hessians(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int) -> dict[str, torch.Tensor]:
+    """H = X^T X / n_tokens in float64 for the input X of every linear layer of the block."""
+    linears = block_linears(block)
+    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64, device=hidden.device)
+            for name, m in linears.items()}
+    counts = dict.fromkeys(linears, 0)
+
+    def make_hook(name):
+        def hook(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()  # [n_tokens, d_in]
+            sums[name].addmm_(x.T, x)
+            counts[name] += x.shape[0]
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(name)) for name, m in linears.items()]
+    try:
+        _run_block(block, hidden, kwargs, batch_size)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: sums[name] / counts[name] for name in linears}
+
+
+@dataclass
+class QuantizationResult:
+    method: str
+    config: dict
+    layers: dict[str, QuantizedLinear] = field(default_factory=dict)  # full module name -> result
+
+    def bits_per_weight(self) -> float:
+        n = sum(r.decoded.numel() for r in self.layers.values())
+        return sum(r.bits_per_weight * r.decoded.numel() for r in self.layers.values()) / n
+
+
+class Checkpoint:
+    """Per-block results and the latest activations, in a folder, tied to one run's settings."""
+
+    def __init__(self, folder: Path, fingerprint: dict):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / "run.json"
+        if meta.exists():
+            saved = json.loads(meta.read_text())
+            if saved != fingerprint:
+                raise LowbitError(
+                    f"checkpoint folder {self.folder} belongs to another run ({saved}); "
+                    "pass another folder or delete it to start over"
+                )
+        else:
+            meta.write_text(json.dumps(fingerprint, indent=2))
+
+    def block_path(self, i: int) -> Path:
+        return self.folder / f"block_{i:03d}.pt"
+
+    def completed_blocks(self) -> int:
+        """Blocks 0..n-1 are done when their results and the activations after block n-1 are saved."""
+        n = 0
+        while self.block_path(n).exists():
+            n += 1
+        hidden = self.folder / "hidden.pt"
+        if n and (not hidden.exists() or torch.load(hidden, weights_only=True)["after_block"] != n - 1):
+            n -= 1  # stopped between writing a block and its activations: redo that block
+        return n
+
+    def save_block(self, i: int, layers: dict[str, QuantizedLinear], hidden: torch.Tensor) -> None:
+        _atomic_save({name: {"payload": r.payload, "bpw": r.bits_per_weight} for name, r in layers.items()},
+                     self.block_path(i))
+        _atomic_save({"after_block": i, "hidden": hidden.cpu()}, self.folder / "hidden.pt")
+
+    def load_block(self, i: int) -> dict:
+        return torch.load(self.block_path(i), weights_only=True)
+
+    def load_hidden(self) -> torch.Tensor:
+        return torch.load(self.folder / "hidden.pt", weights_only=True)["hidden"]
+
+
+def _atomic_save(obj, path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    partial.replace(path)
+
+
+def _check_finite(name: str, tensor: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(tensor).all():
+        bad = (~torch.isfinite(tensor)).sum().item()
+        raise LowbitError(f"{name}: {what} has {bad} NaN or infinite values; the model cannot be quantized")
+
+
+def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodSpec, config,
+                   device: str = "cpu", batch_size: int = 8, checkpoint_dir: Path | None = None,
+                   progress: bool = True) -> QuantizationResult:
+    """Quantize every linear layer of every block in place (weights become the reference decode)."""
+    blocks = decoder_blocks(model)
+    config_dict = asdict(config)
+    result = QuantizationResult(method.name, config_dict)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        token_hash = hashlib.sha256(calib_tokens.cpu().numpy().tobytes()).hexdigest()[:16]
+        checkpoint = Checkpoint(checkpoint_dir, {"method": method.name, "config": config_dict,
+                                                 "calibration": token_hash, "blocks": len(blocks)})
+    done = checkpoint.completed_blocks() if checkpoint else 0
+
+    hidden, kwargs = capture_block_inputs(model, calib_tokens)
+    kwargs = _to(kwargs, device)
+    if done:
+        for i in range(done):
+            _restore_block(blocks[i], f"model.layers.{i}", checkpoint.load_block(i), method, config, result)
+        hidden = checkpoint.load_hidden()
+    hidden = hidden.to(device)
+
+    bar = tqdm(total=len(blocks), initial=done, desc=f"quantizing ({method.name})", unit="block",
+               disable=not progress)
+    for i in range(done, len(blocks)):
+        block = blocks[i].to(device)
+        hessians = collect_hessians(block, hidden, kwargs, batch_size)
+        block_results = {}
+        for name, linear in block_linears(block).items():
+            full = f"model.layers.{i}.{name}"
+            _check_finite(full, linear.weight, "the weight")
+            _check_finite(full, hessians[name], "the calibration Hessian")
+            q = method.quantize(linear.weight.data, hessians[name], config)
+            _check_finite(full, q.decoded, "the quantized decode")
+            linear.weight.data.copy_(q.decoded.to(linear.weight.dtype))
+            block_results[full] = q
+        hidden = _run_block(block, hidden, kwargs, batch_size)
+        blocks[i] = block.to("cpu")
+        if checkpoint:
+            checkpoint.save_block(i, block_results, hidden)
+        result.layers.update(block_results)
+        bar.update(1)
+    bar.close()
+    return result
+
+
+def _restore_block(block: nn.Module, prefix: str, saved: dict, method: MethodSpec, config,
+                   result: QuantizationResult) -> None:
+    for name, linear in block_linears(block).items():
+        entry = saved[f"{prefix}.{name}"]
+        decoded = method.decode(entry["payload"], config)
+        linear.weight.data.copy_(decoded.to(linear.weight.dtype))
+        result.layers[f"{prefix}.{name}"] = QuantizedLinear(entry["payload"], decoded, entry["bpw"])

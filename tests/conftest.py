@@ -1,0 +1,57 @@
+"""Shared fixtures. The runtime fixture builds the patched llama.cpp (cached: seconds once built); the
+default-model fixtures fetch and prepare the model and text on first use (cached outside the repo)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def runtime_build():
+    from lowbit_gguf.runtime.build import build_runtime
+
+    return build_runtime(progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    from lowbit_gguf.assets import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def default_f16_gguf(default_model_dir, tmp_path_factory):
+    from lowbit_gguf.gguf.convert import convert
+
+    return convert(default_model_dir, tmp_path_factory.mktemp("gguf") / "smollm2-f16.gguf", "f16", quiet=True)
+
+
+def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int = 0,
+                    layers: int = 2, vocab: int = 256, hidden: int = 64):
+    """A small random llama saved as a Hugging Face checkpoint (with the default model's tokenizer when
+    tokenizer_dir is given, so llama.cpp's converter accepts it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if tokenizer_dir is not None:
+        vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden + 32,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # norms away from 1 so a wrong norm weight cannot go unnoticed
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(folder)
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy2(tokenizer_dir / name, folder / name)
+    return model

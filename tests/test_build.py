@@ -1,0 +1,66 @@
+"""The patch series, patch application and the runtime cache key."""
+
+import shutil
+
+import pytest
+
+from lowbit_gguf.cache import PinnedPackage
+from lowbit_gguf.errors import LowbitError
+from lowbit_gguf.runtime import build
+
+
+def test_series_lists_every_patch_once():
+    patches = build.read_series()
+    assert patches and patches[0].name == "0001-lowbit-version.patch"
+    assert {p.name for p in patches} == {p.name for p in build.PATCH_DIR.glob("*.patch")}
+
+
+def test_unlisted_patch_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "patches"
+    shutil.copytree(build.PATCH_DIR, folder)
+    (folder / "0002-stray.patch").write_text("")
+    monkeypatch.setattr(build, "PATCH_DIR", folder)
+    with pytest.raises(LowbitError, match=r"present but unlisted \['0002-stray.patch'\]"):
+        build.read_series()
+
+
+def test_patch_hash_changes_with_a_patch(tmp_path, monkeypatch):
+    folder = tmp_path / "patches"
+    shutil.copytree(build.PATCH_DIR, folder)
+    monkeypatch.setattr(build, "PATCH_DIR", folder)
+    before = build.patch_hash()
+    patch = folder / "0001-lowbit-version.patch"
+    patch.write_text(patch.read_text().replace("lowbit-gguf-1", "lowbit-gguf-2"))
+    assert build.patch_hash() != before
+
+
+def test_failing_hunk_is_named_and_tree_left_untouched(tmp_path):
+    tree = tmp_path / "src"
+    (tree / "include").mkdir(parents=True)
+    header = tree / "include" / "llama.h"
+    header.write_text("// a header that has drifted from what the patch expects\n")
+    with pytest.raises(build.PatchError, match=r"(?s)0001-lowbit-version.patch does not apply.*Hunk #1 FAILED"):
+        build.apply_patch(tree, build.PATCH_DIR / "0001-lowbit-version.patch")
+    assert header.read_text() == "// a header that has drifted from what the patch expects\n"
+
+
+def test_missing_build_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_GGUF_CACHE", str(tmp_path))
+    with pytest.raises(build.RuntimeNotBuilt, match="run `lowbit-gguf runtime build --cuda`"):
+        build.find_build(build.BuildOptions(cuda=True))
+
+
+def test_pinned_download_with_wrong_hash_is_moved_aside(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_GGUF_CACHE", str(tmp_path))
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "thing-1.0.tar.gz").write_bytes(b"tampered")
+    pinned = PinnedPackage("pypi-sdist", "thing", "1.0", "thing-1.0.tar.gz", "0" * 64)
+    with pytest.raises(LowbitError, match="moved aside"):
+        pinned.fetch()
+    assert (tmp_path / "downloads" / "thing-1.0.tar.gz.bad").exists()
+
+
+def test_cuda_flags():
+    flags = build.BuildOptions(cuda=True, cuda_arch="89").cmake_flags()
+    assert "-DGGML_CUDA=ON" in flags and "-DCMAKE_CUDA_ARCHITECTURES=89" in flags
+    assert build.BuildOptions(cuda=True).tag == "cpu-cuda90"
