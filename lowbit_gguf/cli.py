@@ -201,6 +201,24 @@ def bench(gguf_files, threads, n_prompt, n_gen, repetitions):
     click.echo(f"({threads} threads, {repetitions} repetitions, {os.cpu_count()} cores)")
 
 
+@cli.command("bench-suite")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Folder for bench.json, bench.md and bench.png.")
+@click.option("--quick", is_flag=True, help="Smoke run: three files, tiny budgets.")
+@click.option("--model", "model_dir", type=existing_dir, default=None, help="Default: SmolLM2-135M-Instruct.")
+@click.option("--keep-work", is_flag=True, help="Keep the GGUF files and tool logs in OUT/work.")
+def bench_suite(out_dir, quick, model_dir, keep_work):
+    """Every method and llama.cpp's own low-bit types side by side: bits/weight, PPL, KLD, speed."""
+    from lowbit_gguf.bench_suite import SuiteSettings, clean_work, run_suite
+
+    settings = SuiteSettings.quick() if quick else SuiteSettings()
+    run_suite(out_dir, settings, model_dir)
+    if not keep_work:
+        clean_work(out_dir)
+    click.echo((out_dir / "bench.md").read_text())
+    click.echo(f"wrote {out_dir}/bench.json, bench.md, bench.png")
+
+
 @cli.command()
 @click.argument("gguf_file", type=click.Path(path_type=Path))
 @click.option("--summary", is_flag=True, help="Only the totals, not every tensor.")

@@ -213,12 +213,15 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
                disable=not progress)
     for i in range(done, len(blocks)):
         block = blocks[i].to(device)
-        hessians = collect_hessians(block, hidden, kwargs, batch_size)
+        linears = block_linears(block)
+        hessians = (collect_hessians(block, hidden, kwargs, batch_size) if method.uses_hessian
+                    else dict.fromkeys(linears))
         block_results = {}
-        for name, linear in block_linears(block).items():
+        for name, linear in linears.items():
             full = f"model.layers.{i}.{name}"
             _check_finite(full, linear.weight, "the weight")
-            _check_finite(full, hessians[name], "the calibration Hessian")
+            if hessians[name] is not None:
+                _check_finite(full, hessians[name], "the calibration Hessian")
             q = method.quantize(linear.weight.data, hessians[name], config)
             _check_finite(full, q.decoded, "the quantized decode")
             linear.weight.data.copy_(q.decoded.to(linear.weight.dtype))

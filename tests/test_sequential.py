@@ -119,3 +119,18 @@ def test_nan_weight_is_a_clear_error(tiny):
     spec = get_method("rtn")
     with pytest.raises(LowbitError, match=r"model.layers.1.mlp.up_proj: the weight has 1 NaN"):
         quantize_model(model, tokens, spec, spec.parse_config("w4g32"), progress=False)
+
+
+def test_methods_that_ignore_the_hessian_are_not_given_one(tiny):
+    model, tokens = tiny
+    spec = get_method("rtn")
+    assert spec.uses_hessian is False
+    received = []
+
+    def record(weight, hessian, cfg):
+        received.append(hessian)
+        return spec.quantize(weight, hessian, cfg)
+
+    quantize_model(model, tokens, MethodSpec("rec", spec.config_type, record, spec.decode, "", uses_hessian=False),
+                   spec.parse_config("w4g32"), progress=False)
+    assert len(received) == 21 and all(h is None for h in received)

@@ -1,7 +1,7 @@
 """The registry of quantization methods. Each method lives in its own module and registers itself.
 
 A method is two functions around one config dataclass:
-  quantize(weight [d_out, d_in], hessian [d_in, d_in], config) -> QuantizedLinear
+  quantize(weight [d_out, d_in], hessian [d_in, d_in] or None, config) -> QuantizedLinear
   decode(payload, config) -> the exact float reference decode [d_out, d_in]
 The sequential driver (lowbit_gguf.sequential) calls quantize layer by layer; GGUF packing and the C
 kernels consume the payload, and the tests hold decode as the ground truth for both.
@@ -31,6 +31,8 @@ class MethodSpec:
     quantize: Callable[[torch.Tensor, torch.Tensor, object], QuantizedLinear]
     decode: Callable[[dict[str, torch.Tensor], object], torch.Tensor]
     description: str
+    uses_hessian: bool = True  # False: the driver skips collecting H and passes None
+    bench_configs: tuple[str, ...] = ()  # the configs `lowbit-gguf bench-suite` compares
 
     def parse_config(self, text: str | None):
         return self.config_type.parse(text) if text else self.config_type()

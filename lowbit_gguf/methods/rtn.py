@@ -37,7 +37,7 @@ class RTNConfig:
         return f"w{self.bits}g{self.group_size}"
 
 
-def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: RTNConfig) -> QuantizedLinear:
+def quantize(weight: torch.Tensor, hessian: torch.Tensor | None, config: RTNConfig) -> QuantizedLinear:
     d_out, d_in = weight.shape
     g = config.group_size
     if d_in % g:
@@ -64,4 +64,5 @@ def decode(payload: dict[str, torch.Tensor], config: RTNConfig) -> torch.Tensor:
     return (codes.reshape(d_out, d_in // g, g).float() * scale + lo).reshape(d_out, d_in)
 
 
-register(MethodSpec("rtn", RTNConfig, quantize, decode, "round-to-nearest baseline (w<bits>g<group>)"))
+register(MethodSpec("rtn", RTNConfig, quantize, decode, "round-to-nearest baseline (w<bits>g<group>)",
+                   uses_hessian=False, bench_configs=("w4g32", "w3g32", "w2g32")))

@@ -68,9 +68,33 @@ class BuildOptions:
         if self.cuda:
             # No libcuda on build machines: virtual memory management needs the driver API.
             flags += ["-DGGML_CUDA=ON", "-DGGML_CUDA_NO_VMM=ON", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_arch}"]
+            cublas = find_pip_cublas()
+            if cublas:
+                include, lib = cublas
+                flags += [f"-DCUDA_cublas_LIBRARY={lib / 'libcublas.so.13'}",
+                          f"-DCUDA_cublasLt_LIBRARY={lib / 'libcublasLt.so.13'}",
+                          f"-DCMAKE_BUILD_RPATH={lib}"]
         if self.metal:
             flags += ["-DGGML_METAL=ON"]
         return flags
+
+
+def find_pip_cublas() -> tuple[Path, Path] | None:
+    """(include, lib) of cuBLAS from the PyPI wheel nvidia-cublas, when the CUDA toolkit lacks it.
+
+    The wheel ships only versioned libraries (libcublas.so.13), which CMake's find_library does not
+    match, so the build names them directly and puts the headers on CPATH."""
+    toolkit = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+    if (toolkit / "include" / "cublas_v2.h").exists():
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for base in (spec.submodule_search_locations if spec else []):
+        root = Path(base) / "cu13"
+        if (root / "include" / "cublas_v2.h").exists():
+            return root / "include", root / "lib"
+    raise LowbitError("--cuda needs cuBLAS: the CUDA toolkit has none; run `pip install nvidia-cublas`")
 
 
 def read_series() -> list[Path]:
@@ -233,6 +257,9 @@ def _cmake(root: Path, options: BuildOptions, jobs: int | None, progress: bool) 
     env = dict(os.environ)
     # Paths inside the key dir become relative, so ccache hits across keys for unchanged files.
     env["CCACHE_BASEDIR"] = str(root)
+    if options.cuda and find_pip_cublas():
+        include = str(find_pip_cublas()[0])
+        env["CPATH"] = include + os.pathsep + env["CPATH"] if env.get("CPATH") else include
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     log = root / "build.log"
     log.write_text("")

@@ -1,0 +1,288 @@
+"""Side-by-side benchmark: the project's methods against llama.cpp's own types, in one run.
+
+On one model and one text: an importance matrix from the calibration text (llama-imatrix), upstream
+files from llama-quantize, the project's files from its quantizers, then for every file bits per weight,
+perplexity and KL divergence against F16 (llama-perplexity) on the held-out evaluation text, and llama-bench
+speed with the files alternated round by round so drift hits all alike. Writes bench.json, bench.md and
+bench.png, stamped with the upstream version, the patch hash and the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lowbit_gguf.errors import LowbitError
+
+UPSTREAM_TYPES = ("F16", "Q8_0", "Q4_K_M", "Q2_K", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
+# types llama-quantize cannot make without an importance matrix; the others get it too when useful
+NO_IMATRIX = ("F16", "Q8_0")
+ROW_KEYS = ("name", "family", "bpw_linear", "bpw_file", "ppl", "kld", "tg128", "pp512", "quant_seconds")
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    upstream_types: tuple[str, ...] = UPSTREAM_TYPES
+    methods: tuple[tuple[str, str], ...] | None = None  # (method, config); None: every registered bench config
+    calib_samples: int = 32  # calibration windows, for llama-imatrix and the project's quantizers alike
+    calib_seq_len: int = 512
+    ppl_ctx: int = 512
+    ppl_chunks: int = 32
+    threads: int = 2
+    n_prompt: int = 512
+    n_gen: int = 128
+    bench_rounds: int = 3
+
+    @classmethod
+    def quick(cls) -> SuiteSettings:
+        """A smoke run: a few files, tiny budgets; exercises every step of the harness."""
+        return cls(upstream_types=("F16", "Q8_0", "IQ2_XXS"), methods=(("rtn", "w4g32"),), calib_samples=4,
+                   calib_seq_len=128, ppl_ctx=128, ppl_chunks=2, n_prompt=32, n_gen=8, bench_rounds=1)
+
+
+@dataclass
+class BenchFile:
+    name: str
+    family: str
+    path: Path
+    quant_seconds: float
+    bpw_linear: float | None = None  # overrides the file's own count (methods without a GGUF type yet)
+    row: dict = field(default_factory=dict)
+
+
+def run_tool(cmd: list, log: Path) -> str:
+    """Run a llama.cpp tool, keep its output in log, fail with the output's tail."""
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    log.write_text(f"$ {' '.join(str(c) for c in cmd)}\n{proc.stdout}\n{proc.stderr}")
+    if proc.returncode != 0:
+        raise LowbitError(f"{Path(str(cmd[0])).name} failed (exit {proc.returncode}); log: {log}\n"
+                          f"{proc.stderr[-2000:]}")
+    return proc.stdout + proc.stderr
+
+
+def parse_float(pattern: str, text: str, what: str) -> float:
+    m = re.search(pattern, text)
+    if not m:
+        raise LowbitError(f"could not find {what} in the tool's output")
+    return float(m.group(1))
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def run_suite(out_dir: Path, settings: SuiteSettings = SuiteSettings(), model_dir: Path | None = None,
+              progress: bool = True) -> list[dict]:
+    from lowbit_gguf.assets import default_model_dir, default_text
+    from lowbit_gguf.gguf.convert import convert
+    from lowbit_gguf.runtime.build import build_runtime
+
+    build = build_runtime(progress=progress)
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    out_dir = Path(out_dir)
+    work = out_dir / "work"
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    calib_txt = work / "calibration.txt"
+    eval_txt = work / "evaluation.txt"
+    calib_txt.write_text(default_text("calibration"))
+    eval_txt.write_text(default_text("evaluation"))
+    methods = settings.methods if settings.methods is not None else registered_bench_configs()
+    steps = (2 + len(settings.upstream_types) + len(methods)  # convert, imatrix, quantizations
+             + len(settings.upstream_types) + len(methods)  # perplexity
+             + settings.bench_rounds)
+    bar = tqdm(total=steps, desc="bench suite", unit="step", disable=not progress)
+
+    def step(desc: str):
+        bar.set_postfix_str(desc)
+        bar.update(1)
+
+    started = time.time()
+    f16 = convert(model_dir, work / "F16.gguf", "f16", quiet=True)
+    files = [BenchFile("F16", "llama.cpp", f16, time.time() - started)]
+    step("F16 converted")
+
+    started = time.time()
+    imatrix = work / "imatrix.gguf"
+    run_tool([build.tool("llama-imatrix"), "-m", f16, "-f", calib_txt, "-o", imatrix, "-c", settings.calib_seq_len,
+              "--chunks", settings.calib_samples, "-t", settings.threads], logs / "imatrix.log")
+    imatrix_seconds = time.time() - started
+    step("importance matrix")
+
+    for qtype in settings.upstream_types:
+        if qtype == "F16":
+            continue
+        started = time.time()
+        out = work / f"{qtype}.gguf"
+        extra = [] if qtype in NO_IMATRIX else ["--imatrix", imatrix]
+        run_tool([build.tool("llama-quantize"), *extra, f16, out, qtype, settings.threads],
+                 logs / f"quantize-{qtype}.log")
+        seconds = time.time() - started + (0 if qtype in NO_IMATRIX else imatrix_seconds)
+        files.append(BenchFile(qtype, "llama.cpp", out, seconds))
+        step(qtype)
+
+    for method, config in methods:
+        files.append(_quantize_with_method(model_dir, method, config, work, settings))
+        step(f"{method} {config}")
+
+    _measure_quality(files, build, eval_txt, work, logs, settings, step)
+    _measure_speed(files, build, logs, settings, step)
+    bar.close()
+
+    rows = [_row(f) for f in files]
+    stamp = {"upstream": build.info["upstream"], "patch_hash": build.info["patch_hash"],
+             "machine": machine_description(), "model": model_dir.name, "settings": asdict(settings),
+             "date": time.strftime("%Y-%m-%d")}
+    write_reports(out_dir, rows, stamp)
+    return rows
+
+
+def registered_bench_configs() -> list[tuple[str, str]]:
+    from lowbit_gguf.methods import METHODS, available_methods
+
+    return [(name, cfg) for name in available_methods() for cfg in METHODS[name].bench_configs]
+
+
+def _quantize_with_method(model_dir: Path, method: str, config: str, work: Path,
+                          settings: SuiteSettings) -> BenchFile:
+    from lowbit_gguf.quantize import quantize_checkpoint
+
+    out = work / f"{method}-{config}.gguf"
+    report = quantize_checkpoint(model_dir, method, config, out, n_samples=settings.calib_samples,
+                                 seq_len=settings.calib_seq_len, progress=False)
+    return BenchFile(f"{method} {config}", method, out, report.seconds,
+                     bpw_linear=report.result.bits_per_weight())
+
+
+def _measure_quality(files, build, eval_txt, work, logs, settings, step) -> None:
+    """Perplexity of every file and its KL divergence from F16, on the same evaluation tokens."""
+    base_logits = work / "f16-logits.kld"
+    common = ["-c", settings.ppl_ctx, "--chunks", settings.ppl_chunks, "-t", settings.threads]
+    out = run_tool([build.tool("llama-perplexity"), "-m", files[0].path, "-f", eval_txt, *common,
+                    "--kl-divergence-base", base_logits], logs / "ppl-F16.log")
+    files[0].row.update(ppl=parse_float(r"Final estimate: PPL = ([\d.]+)", out, "the F16 perplexity"), kld=0.0)
+    step("perplexity F16")
+    for f in files[1:]:
+        out = run_tool([build.tool("llama-perplexity"), "-m", f.path, *common, "--kl-divergence-base", base_logits,
+                        "--kl-divergence"], logs / f"ppl-{f.path.stem}.log")
+        f.row.update(ppl=parse_float(r"Mean PPL\(Q\)\s*:\s*([\d.]+)", out, f"the perplexity of {f.name}"),
+                     kld=parse_float(r"Mean\s+KLD:\s*([-\d.]+)", out, f"the KL divergence of {f.name}"))
+        step(f"perplexity {f.name}")
+    base_logits.unlink(missing_ok=True)  # n_tokens x n_vocab logits: large, and only needed above
+
+
+def _measure_speed(files, build, logs, settings, step) -> None:
+    """llama-bench prompt and generation speed, one repetition per file per round, rounds alternating."""
+    samples: dict[str, dict[str, list[float]]] = {f.name: {"pp": [], "tg": []} for f in files}
+    for r in range(settings.bench_rounds):
+        for f in files:
+            out = run_tool([build.tool("llama-bench"), "-m", f.path, "-t", settings.threads, "-p", settings.n_prompt,
+                            "-n", settings.n_gen, "-r", 1, "-o", "json"], logs / f"bench-{f.path.stem}-{r}.log")
+            for entry in json.loads(out[: out.rindex("]") + 1]):
+                samples[f.name]["pp" if entry["n_prompt"] else "tg"].append(entry["avg_ts"])
+        step(f"speed round {r + 1}")
+    for f in files:
+        f.row.update(pp512=_mean(samples[f.name]["pp"]), tg128=_mean(samples[f.name]["tg"]))
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 2)
+
+
+def _row(f: BenchFile) -> dict:
+    from lowbit_gguf.gguf.inspect import read_summary
+
+    summary = read_summary(f.path)
+    row = {
+        "name": f.name,
+        "family": f.family,
+        "bpw_linear": round(f.bpw_linear if f.bpw_linear is not None else summary.bits_per_weight(linear_only=True), 4),
+        "bpw_file": round(summary.bits_per_weight(), 4),
+        "ppl": round(f.row["ppl"], 4),
+        "kld": round(f.row["kld"], 6),
+        "tg128": f.row["tg128"],
+        "pp512": f.row["pp512"],
+        "quant_seconds": round(f.quant_seconds, 1),
+    }
+    assert tuple(row) == ROW_KEYS
+    return row
+
+
+def write_reports(out_dir: Path, rows: list[dict], stamp: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps({"stamp": stamp, "rows": rows}, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(format_markdown(rows, stamp))
+    plot(rows, stamp, out_dir / "bench.png")
+
+
+def format_markdown(rows: list[dict], stamp: dict) -> str:
+    s = stamp["settings"]
+    lines = [
+        f"# {stamp['model']}: lowbit-gguf methods beside llama.cpp's types",
+        "",
+        f"{stamp['upstream']}, patches {stamp['patch_hash']}; {stamp['machine']}; {stamp['date']}.",
+        f"Perplexity and KLD (vs F16): llama-perplexity, context {s['ppl_ctx']}, {s['ppl_chunks']} chunks of the "
+        f"evaluation text. Speed: llama-bench, {s['threads']} threads, pp{s['n_prompt']} / tg{s['n_gen']}, "
+        f"{s['bench_rounds']} alternating rounds. Calibration (imatrix and methods): {s['calib_samples']} x "
+        f"{s['calib_seq_len']} tokens of the calibration text.",
+        "",
+        "| name | family | bpw (linear) | bpw (file) | PPL | KLD | tg t/s | pp t/s | quantize s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['family']} | {r['bpw_linear']:.3f} | {r['bpw_file']:.3f} | {r['ppl']:.3f} | "
+                     f"{r['kld']:.4f} | {r['tg128']:.1f} | {r['pp512']:.1f} | {r['quant_seconds']:.0f} |")
+    lines += [
+        "",
+        "bpw (linear) counts the transformer blocks' matmul weights; bpw (file) every tensor. Methods without a",
+        "GGUF tensor type yet (rtn) are written as their F16 reference decode: their bpw (linear) is the method's",
+        "own storage (codes + scales), their file size and speed are F16's. The reference model is SmolLM2 as",
+        "shipped in Q4_1, dequantized: Q4_1's grid is exactly rtn w4g32's, so that row reproduces F16 losslessly.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], stamp: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for family in dict.fromkeys(r["family"] for r in rows):
+        pts = sorted((r["bpw_linear"], r["ppl"], r["name"]) for r in rows if r["family"] == family)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=family)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (block linear weights)")
+    ax.set_ylabel(f"perplexity (ctx {stamp['settings']['ppl_ctx']}, evaluation text)")
+    ax.set_title(f"{stamp['model']} ({stamp['upstream'].split(' ')[0]})", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def clean_work(out_dir: Path) -> None:
+    shutil.rmtree(Path(out_dir) / "work", ignore_errors=True)

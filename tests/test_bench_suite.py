@@ -1,0 +1,36 @@
+"""The side-by-side benchmark harness, run in its quick mode on the default model."""
+
+import json
+
+import pytest
+
+from lowbit_gguf.bench_suite import ROW_KEYS, SuiteSettings, format_markdown, run_suite
+
+pytestmark = [pytest.mark.runtime, pytest.mark.model]
+
+
+def test_quick_suite_produces_consistent_reports(tmp_path, runtime_build, default_model_dir):
+    rows = run_suite(tmp_path, SuiteSettings.quick(), progress=False)
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["rows"] == rows
+    assert report["stamp"]["patch_hash"] == runtime_build.info["patch_hash"]
+    by_name = {r["name"]: r for r in rows}
+    assert list(by_name) == ["F16", "Q8_0", "IQ2_XXS", "rtn w4g32"]
+    assert all(tuple(r) == ROW_KEYS for r in rows)
+    f16, q8, iq2 = by_name["F16"], by_name["Q8_0"], by_name["IQ2_XXS"]
+    assert f16["kld"] == 0 and f16["bpw_linear"] == 16
+    assert q8["bpw_linear"] == pytest.approx(8.5)
+    assert q8["ppl"] == pytest.approx(f16["ppl"], rel=0.02) and q8["kld"] < 0.02
+    assert iq2["bpw_linear"] < 5 and iq2["kld"] > q8["kld"] and iq2["ppl"] > q8["ppl"]
+    assert by_name["rtn w4g32"]["bpw_linear"] == pytest.approx(5.0)
+    assert all(r["tg128"] > 0 and r["pp512"] > 0 for r in rows)
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+    assert "| IQ2_XXS | llama.cpp |" in (tmp_path / "bench.md").read_text()
+
+
+def test_markdown_lists_every_row():
+    rows = [dict(zip(ROW_KEYS, ["A", "fam", 2.0, 2.5, 10.0, 0.1, 50.0, 300.0, 12.0]))]
+    stamp = {"model": "m", "upstream": "u", "patch_hash": "p", "machine": "x", "date": "d",
+             "settings": SuiteSettings().__dict__}
+    text = format_markdown(rows, stamp)
+    assert "| A | fam | 2.000 | 2.500 | 10.000 | 0.1000 | 50.0 | 300.0 | 12 |" in text
