@@ -265,6 +265,7 @@ def plot(rows: list[dict], stamp: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for family in dict.fromkeys(r["family"] for r in rows):
@@ -274,6 +275,10 @@ def plot(rows: list[dict], stamp: dict, path: Path) -> None:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
     ax.set_xlabel("bits per weight (block linear weights)")
     ax.set_ylabel(f"perplexity (ctx {stamp['settings']['ppl_ctx']}, evaluation text)")
     ax.set_title(f"{stamp['model']} ({stamp['upstream'].split(' ')[0]})", fontsize=9)

@@ -61,4 +61,4 @@ def available_methods() -> list[str]:
 
 
 def _load_builtin_methods() -> None:
-    from lowbit_gguf.methods import identity, rtn  # noqa: F401  (registration happens on import)
+    from lowbit_gguf.methods import aqlm, identity, rtn  # noqa: F401  (registration happens on import)

@@ -1,0 +1,185 @@
+"""AQLM: additive quantization (Egiazarian et al., 2024).
+
+Each group of g consecutive input weights of one output row is the sum of M codewords, one from each of
+M codebooks of 2^B entries shared by the layer, times a per-output-row scale:
+    W[r, j*g:(j+1)*g] ~= s[r] * sum_m C[m, codes[r, j, m]]
+The codes minimise tr((W^ - W) H (W^ - W)^T): residual k-means initialises the codebooks on W / s (s the row
+L2 norms), then Adam steps on codebooks and scales alternate with a beam search over codes (input groups in
+shuffled order, codebooks in turn, all output rows at once) until the relative gain falls below rel_tol.
+Codebooks and scales are stored in f16; the decode uses the stored values.
+
+Not yet here (see the AQLM issue): block-wise fine-tuning of codebooks, scales and norms against the float
+block, and a GGUF tensor type with kernels; until then the GGUF carries the reference decode in F16.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
+
+
+@dataclass(frozen=True)
+class AQLMConfig:
+    num_codebooks: int = 2  # M
+    nbits: int = 8  # B: 2^B codewords per codebook
+    group_size: int = 8  # g
+    beam_size: int = 4
+    max_rounds: int = 6  # Adam + beam search rounds
+    adam_steps: int = 50
+    lr: float = 1e-3
+    rel_tol: float = 1e-3  # stop when a round improves the objective by less than this fraction
+    kmeans_iters: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_codebooks < 1 or not 1 <= self.nbits <= 16 or self.group_size < 1 or self.beam_size < 1:
+            raise ValueError(f"invalid AQLM config {self}")
+
+    @classmethod
+    def parse(cls, text: str) -> AQLMConfig:
+        """'2x8': 2 codebooks of 2^8 entries (groups of 8); '1x16'; '1x8'. Optional 'g<size>' suffix."""
+        m = re.fullmatch(r"(\d+)x(\d+)(?:g(\d+))?", text.strip().lower())
+        if not m:
+            raise ValueError(f"AQLM config {text!r} is not of the form <codebooks>x<bits>, e.g. 2x8")
+        group = int(m.group(3)) if m.group(3) else 8
+        return cls(num_codebooks=int(m.group(1)), nbits=int(m.group(2)), group_size=group)
+
+    @property
+    def codebook_size(self) -> int:
+        return 2**self.nbits
+
+
+def bits_per_weight(config: AQLMConfig, d_out: int, d_in: int) -> float:
+    codes = config.num_codebooks * config.nbits / config.group_size
+    codebooks = config.num_codebooks * config.codebook_size * config.group_size * 16 / (d_out * d_in)
+    scales = 16 / d_in
+    return codes + codebooks + scales
+
+
+def decode(payload: dict[str, torch.Tensor], config: AQLMConfig) -> torch.Tensor:
+    codes = payload["codes"].long()  # [d_out, n_groups, M]
+    codebooks = payload["codebooks"].float()  # [M, K, g]
+    scales = payload["scales"].float()  # [d_out]
+    d_out, n_groups, n_cb = codes.shape
+    groups = sum(codebooks[m][codes[..., m]] for m in range(n_cb))  # [d_out, n_groups, g]
+    return scales[:, None] * groups.reshape(d_out, n_groups * config.group_size)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain k-means on rows of x [n, g]: (centroids [k, g], assignment [n])."""
+    n = x.shape[0]
+    centroids = x[torch.randperm(n, generator=generator)[:k]].clone()
+    if centroids.shape[0] < k:  # fewer points than codewords: pad with jittered copies
+        extra = centroids[torch.randint(0, centroids.shape[0], (k - centroids.shape[0],), generator=generator)]
+        centroids = torch.cat([centroids, extra + 1e-3 * torch.randn(extra.shape, generator=generator)])
+    for _ in range(iters):
+        assign = torch.cdist(x, centroids).argmin(1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)[:, None]
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    return centroids, torch.cdist(x, centroids).argmin(1)
+
+
+def objective(error: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+    """tr(E H E^T) for E [d_out, d_in]."""
+    return ((error @ hessian) * error).sum()
+
+
+def beam_search_codes(weight, hessian, codes, codebooks, scales, config, generator) -> torch.Tensor:
+    """One sweep over input groups (shuffled): for each group, all rows at once, codebooks in turn,
+    keeping beam_size hypotheses; a group's codes change only when that lowers the objective."""
+    d_out, d_in = weight.shape
+    g, n_cb = config.group_size, config.num_codebooks
+    codes = codes.clone()
+    approx = decode({"codes": codes, "codebooks": codebooks, "scales": scales}, config)
+    err_h = (approx - weight) @ hessian  # [d_out, d_in], kept current as groups change
+    for j in torch.randperm(d_in // g, generator=generator).tolist():
+        cols = slice(j * g, (j + 1) * g)
+        h_jj = hessian[cols, cols]  # [g, g]
+        grad = err_h[:, cols]  # [d_out, g]: (E H) restricted to this group
+        old = sum(codebooks[m][codes[:, j, m]] for m in range(n_cb))  # [d_out, g]
+        # hypotheses: [d_out, beam, M] codes with their summed vectors
+        hyp = codes[:, j][:, None, :]
+        for m in range(n_cb):
+            others = sum(codebooks[mm][hyp[..., mm]] for mm in range(n_cb) if mm != m) if n_cb > 1 else 0
+            cand = others[..., None, :] + codebooks[m][None, None] if n_cb > 1 else codebooks[m][None, None]
+            delta = scales[:, None, None, None] * (cand - old[:, None, None, :])  # [d_out, beam, K, g]
+            score = 2 * (delta * grad[:, None, None, :]).sum(-1) + ((delta @ h_jj) * delta).sum(-1)
+            flat = score.reshape(d_out, -1)
+            top = flat.topk(min(config.beam_size, flat.shape[1]), dim=1, largest=False).indices
+            parent, choice = top // codebooks.shape[1], top % codebooks.shape[1]
+            hyp = torch.gather(hyp, 1, parent[..., None].expand(-1, -1, n_cb)).clone()
+            hyp[..., m] = choice
+            best_score = torch.gather(flat, 1, top[:, :1])[:, 0]
+        best = hyp[:, 0]  # [d_out, M]
+        improves = best_score < 0
+        new_codes = torch.where(improves[:, None], best, codes[:, j])
+        new = sum(codebooks[m][new_codes[:, m]] for m in range(n_cb))
+        delta = scales[:, None] * (new - old)  # [d_out, g]
+        err_h += delta @ hessian[cols, :]
+        codes[:, j] = new_codes
+    return codes
+
+
+def train_codebooks_and_scales(weight, hessian, codes, codebooks, scales, config):
+    """Adam on codebooks and scales with the codes fixed, under the H-weighted objective."""
+    cb = codebooks.clone().requires_grad_(True)
+    sc = scales.clone().requires_grad_(True)
+    opt = torch.optim.Adam([cb, sc], lr=config.lr)
+    norm = objective(weight, hessian).clamp_min(1e-30)
+    for _ in range(config.adam_steps):
+        opt.zero_grad()
+        loss = objective(decode({"codes": codes, "codebooks": cb, "scales": sc}, config) - weight, hessian) / norm
+        loss.backward()
+        opt.step()
+    return cb.detach(), sc.detach()
+
+
+def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: AQLMConfig) -> QuantizedLinear:
+    d_out, d_in = weight.shape
+    g, n_cb, k = config.group_size, config.num_codebooks, config.codebook_size
+    if d_in % g:
+        raise ValueError(f"input size {d_in} is not a multiple of the AQLM group size {g}")
+    gen = torch.Generator().manual_seed(config.seed)
+    w = weight.detach().float()
+    h = hessian.detach().float()
+    h = h + 1e-6 * h.diagonal().mean() * torch.eye(d_in)  # dead inputs must not make the objective flat
+
+    scales = w.norm(dim=1).clamp_min(1e-8)  # [d_out]
+    residual = (w / scales[:, None]).reshape(-1, g)  # [d_out * n_groups, g]
+    codebooks = torch.empty(n_cb, k, g)
+    codes = torch.empty(d_out * (d_in // g), n_cb, dtype=torch.long)
+    for m in range(n_cb):  # residual k-means
+        codebooks[m], codes[:, m] = kmeans(residual, k, config.kmeans_iters, gen)
+        residual = residual - codebooks[m][codes[:, m]]
+    codes = codes.reshape(d_out, d_in // g, n_cb)
+
+    def loss_of(c, cb, sc):
+        return objective(decode({"codes": c, "codebooks": cb, "scales": sc}, config) - w, h).item()
+
+    best_loss = loss_of(codes, codebooks, scales)
+    best = (codes, codebooks, scales)
+    for _ in range(config.max_rounds):
+        codebooks, scales = train_codebooks_and_scales(w, h, codes, codebooks, scales, config)
+        if loss_of(codes, codebooks, scales) > best_loss:  # Adam overshot: search codes from the best state
+            codes, codebooks, scales = best
+        codes = beam_search_codes(w, h, codes, codebooks, scales, config, gen)
+        current = loss_of(codes, codebooks, scales)
+        gain = (best_loss - current) / max(best_loss, 1e-30)
+        if current < best_loss:
+            best_loss, best = current, (codes, codebooks, scales)
+        if gain < config.rel_tol:
+            break
+    codes, codebooks, scales = best
+
+    index_dtype = torch.int16 if config.nbits <= 15 else torch.int32
+    payload = {"codes": codes.to(index_dtype), "codebooks": codebooks.half(), "scales": scales.half()}
+    return QuantizedLinear(payload, decode(payload, config), bits_per_weight(config, d_out, d_in))
+
+
+register(MethodSpec("aqlm", AQLMConfig, quantize, decode,
+                    "additive quantization: M codebooks of 2^B over groups of 8 (2x8, 1x16, 1x8)"))

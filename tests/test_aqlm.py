@@ -1,0 +1,74 @@
+"""AQLM quantizer: exact reference decode, the H-weighted objective, configs."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lowbit_gguf.methods import get_method
+from lowbit_gguf.methods.aqlm import AQLMConfig, bits_per_weight, objective
+
+SPEC = get_method("aqlm")
+FAST = dict(max_rounds=2, adam_steps=10, kmeans_iters=8, beam_size=2)
+
+
+def problem(d_out=128, d_in=128, seed=0):
+    """Enough groups (d_out * d_in / 8) that a 256-entry codebook cannot hold them all."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d_out, d_in, generator=g) * 0.02
+    mix = torch.eye(d_in) + 0.3 * torch.randn(d_in, d_in, generator=g) / d_in**0.5
+    x = torch.randn(2048, d_in, generator=g) @ mix
+    return w, (x.T @ x / x.shape[0]).double()
+
+
+def test_decode_is_exact_and_payload_well_formed():
+    w, h = problem()
+    config = replace(SPEC.parse_config("2x8"), **FAST)
+    q = SPEC.quantize(w, h, config)
+    assert torch.equal(q.decoded, SPEC.decode(q.payload, config))
+    assert q.payload["codes"].shape == (128, 16, 2) and q.payload["codes"].dtype == torch.int16
+    assert q.payload["codes"].min() >= 0 and q.payload["codes"].max() < 256
+    assert q.payload["codebooks"].shape == (2, 256, 8) and q.payload["codebooks"].dtype == torch.float16
+    assert q.payload["scales"].shape == (128,) and q.payload["scales"].dtype == torch.float16
+
+
+def test_search_improves_on_kmeans_init():
+    w, h = problem()
+    base = replace(SPEC.parse_config("1x8"), **FAST)
+    init = SPEC.quantize(w, h, replace(base, max_rounds=0))
+    tuned = SPEC.quantize(w, h, base)
+    hf = h.float()
+    assert objective(tuned.decoded - w, hf) < 0.9 * objective(init.decoded - w, hf)
+
+
+def test_hessian_weighting_is_used():
+    """Quantizing for H must give a lower H-weighted error than quantizing for the identity."""
+    w, _ = problem()
+    weights = torch.ones(128, dtype=torch.float64)
+    weights[:8] = 100.0  # a few inputs dominate the activations
+    h = torch.diag(weights)
+    config = replace(SPEC.parse_config("1x8"), **FAST)
+    aware = SPEC.quantize(w, h, config)
+    blind = SPEC.quantize(w, torch.eye(128, dtype=torch.float64), config)
+    hf = h.float()
+    assert objective(aware.decoded - w, hf) < 0.8 * objective(blind.decoded - w, hf)
+
+
+def test_two_codebooks_beat_scalar_rounding_at_fewer_code_bits():
+    w, h = problem()
+    aqlm = SPEC.quantize(w, h, replace(SPEC.parse_config("2x8"), **FAST))  # 2 code bits per weight
+    rtn = get_method("rtn")
+    scalar = rtn.quantize(w, h, rtn.parse_config("w2g32"))  # 2 code bits + 1 bit of scales
+    hf = h.float()
+    assert objective(aqlm.decoded - w, hf) < 0.6 * objective(scalar.decoded - w, hf)
+
+
+def test_configs_and_bits_per_weight():
+    assert AQLMConfig.parse("2x8") == AQLMConfig(num_codebooks=2, nbits=8)
+    assert AQLMConfig.parse("1x16").codebook_size == 65536
+    assert AQLMConfig.parse("1x8g4").group_size == 4
+    # SmolLM2's FFN up projection: codes + codebooks + row scales
+    assert bits_per_weight(AQLMConfig.parse("2x8"), 1536, 576) == pytest.approx(2 + 65536 / 884736 + 16 / 576)
+    for bad in ("2-8", "x8", "0x8", "2x17"):
+        with pytest.raises(ValueError):
+            AQLMConfig.parse(bad)
