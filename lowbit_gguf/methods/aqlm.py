@@ -104,11 +104,19 @@ def beam_search_codes(weight, hessian, codes, codebooks, scales, config, generat
         old = sum(codebooks[m][codes[:, j, m]] for m in range(n_cb))  # [d_out, g]
         # hypotheses: [d_out, beam, M] codes with their summed vectors
         hyp = codes[:, j][:, None, :]
+        s = scales[:, None, None]  # [d_out, 1, 1]
         for m in range(n_cb):
-            others = sum(codebooks[mm][hyp[..., mm]] for mm in range(n_cb) if mm != m) if n_cb > 1 else 0
-            cand = others[..., None, :] + codebooks[m][None, None] if n_cb > 1 else codebooks[m][None, None]
-            delta = scales[:, None, None, None] * (cand - old[:, None, None, :])  # [d_out, beam, K, g]
-            score = 2 * (delta * grad[:, None, None, :]).sum(-1) + ((delta @ h_jj) * delta).sum(-1)
+            others = sum((codebooks[mm][hyp[..., mm]] for mm in range(n_cb) if mm != m),
+                         torch.zeros(d_out, hyp.shape[1], g))  # [d_out, beam, g]
+            # change of the group for codeword c: delta = a + s c with a = s (others - old); its cost
+            # 2 delta.grad + delta^T H_jj delta, expanded so the codebook enters only through matmuls
+            a = s * (others - old[:, None, :])
+            a_h = a @ h_jj
+            const = 2 * (a * grad[:, None, :]).sum(-1) + (a_h * a).sum(-1)  # [d_out, beam]
+            cb = codebooks[m]  # [K, g]
+            c_h_c = ((cb @ h_jj) * cb).sum(-1)  # [K]
+            linear = 2 * (grad[:, None, :] + a_h) @ cb.T  # [d_out, beam, K]
+            score = const[..., None] + s * linear + s * s * c_h_c
             flat = score.reshape(d_out, -1)
             top = flat.topk(min(config.beam_size, flat.shape[1]), dim=1, largest=False).indices
             parent, choice = top // codebooks.shape[1], top % codebooks.shape[1]
