@@ -2,7 +2,8 @@
 
 For each transformer block in turn: run the calibration activations through it while hooks accumulate
 H = X^T X (float64) for every linear layer, quantize each linear with the method, put its reference decode
-in place of the weight, and run the block again so its quantized outputs feed the next block.
+in place of the weight, optionally let the method fine-tune the block against its float outputs, and run
+the block again so its quantized outputs feed the next block.
 Only one block is on the compute device at a time, and only one block's activations are held, so memory
 does not grow with depth. After every block the payloads and the activations are checkpointed, so an
 interrupted run resumes at the next block instead of starting over.
@@ -163,9 +164,10 @@ class Checkpoint:
             n -= 1  # stopped between writing a block and its activations: redo that block
         return n
 
-    def save_block(self, i: int, layers: dict[str, QuantizedLinear], hidden: torch.Tensor) -> None:
-        _atomic_save({name: {"payload": r.payload, "bpw": r.bits_per_weight} for name, r in layers.items()},
-                     self.block_path(i))
+    def save_block(self, i: int, layers: dict[str, QuantizedLinear], hidden: torch.Tensor,
+                   others: dict[str, torch.Tensor]) -> None:
+        saved = {name: {"payload": r.payload, "bpw": r.bits_per_weight} for name, r in layers.items()}
+        _atomic_save({"linears": saved, "others": others}, self.block_path(i))
         _atomic_save({"after_block": i, "hidden": hidden.cpu()}, self.folder / "hidden.pt")
 
     def load_block(self, i: int) -> dict:
@@ -216,6 +218,7 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
         linears = block_linears(block)
         hessians = (collect_hessians(block, hidden, kwargs, batch_size) if method.uses_hessian
                     else dict.fromkeys(linears))
+        targets = _run_block(block, hidden, kwargs, batch_size) if method.finetune_block else None
         block_results = {}
         for name, linear in linears.items():
             full = f"model.layers.{i}.{name}"
@@ -226,20 +229,35 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
             _check_finite(full, q.decoded, "the quantized decode")
             linear.weight.data.copy_(q.decoded.to(linear.weight.dtype))
             block_results[full] = q
+        if method.finetune_block:
+            local = {name: block_results[f"model.layers.{i}.{name}"] for name in linears}
+            method.finetune_block(block, local, hidden, targets, kwargs, config)
+            for name, linear in linears.items():
+                linear.weight.data.copy_(local[name].decoded.to(linear.weight.dtype))
+            del targets
         hidden = _run_block(block, hidden, kwargs, batch_size)
         blocks[i] = block.to("cpu")
         if checkpoint:
-            checkpoint.save_block(i, block_results, hidden)
+            checkpoint.save_block(i, block_results, hidden, other_parameters(block))
         result.layers.update(block_results)
         bar.update(1)
     bar.close()
     return result
 
 
+def other_parameters(block: nn.Module) -> dict[str, torch.Tensor]:
+    """The block's parameters besides its linear weights (norms, biases): fine-tuning may change them."""
+    linear_weights = {f"{name}.weight" for name in block_linears(block)}
+    return {name: p.detach().cpu().clone() for name, p in block.named_parameters() if name not in linear_weights}
+
+
 def _restore_block(block: nn.Module, prefix: str, saved: dict, method: MethodSpec, config,
                    result: QuantizationResult) -> None:
+    params = dict(block.named_parameters())
+    for name, value in saved["others"].items():
+        params[name].data.copy_(value)
     for name, linear in block_linears(block).items():
-        entry = saved[f"{prefix}.{name}"]
+        entry = saved["linears"][f"{prefix}.{name}"]
         decoded = method.decode(entry["payload"], config)
         linear.weight.data.copy_(decoded.to(linear.weight.dtype))
         result.layers[f"{prefix}.{name}"] = QuantizedLinear(entry["payload"], decoded, entry["bpw"])

@@ -95,3 +95,32 @@ def test_beam_search_finds_the_brute_force_optimum_for_one_group():
     before = objective(decode({"codes": start, "codebooks": codebooks, "scales": scales}, config) - w, h)
     after = objective(decode({"codes": found, "codebooks": codebooks, "scales": scales}, config) - w, h)
     assert after <= before
+
+
+def test_block_finetuning_brings_outputs_closer_to_the_float_block(tmp_path):
+    from lowbit_gguf.sequential import capture_block_inputs, decoder_blocks, quantize_model
+
+    from conftest import make_tiny_llama
+
+    tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    reference = make_tiny_llama(tmp_path / "ref", layers=1)
+    hidden, kwargs = capture_block_inputs(reference, tokens)
+    with torch.no_grad():
+        target = decoder_blocks(reference)[0](hidden, **kwargs)
+        target = target[0] if isinstance(target, tuple) else target
+
+    def block_error(finetune_epochs):
+        model = make_tiny_llama(tmp_path / f"m{finetune_epochs}", layers=1)
+        config = AQLMConfig(num_codebooks=1, nbits=6, max_rounds=1, adam_steps=5, kmeans_iters=5,
+                            finetune_epochs=finetune_epochs, finetune_lr=1e-3, finetune_batch=4)
+        quantize_model(model, tokens, SPEC, config, progress=False)
+        with torch.no_grad():
+            out = decoder_blocks(model)[0](hidden, **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+        return (out - target).pow(2).mean().item(), model
+
+    before, _ = block_error(0)
+    after, tuned = block_error(5)
+    assert after < 0.9 * before
+    norm = decoder_blocks(tuned)[0].input_layernorm.weight
+    assert not torch.equal(norm, decoder_blocks(reference)[0].input_layernorm.weight)  # norms were tuned

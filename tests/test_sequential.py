@@ -134,3 +134,37 @@ def test_methods_that_ignore_the_hessian_are_not_given_one(tiny):
     quantize_model(model, tokens, MethodSpec("rec", spec.config_type, record, spec.decode, "", uses_hessian=False),
                    spec.parse_config("w4g32"), progress=False)
     assert len(received) == 21 and all(h is None for h in received)
+
+
+def test_resume_restores_parameters_changed_by_block_finetuning(tmp_path):
+    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(4))
+    rtn = get_method("rtn")
+    config = rtn.parse_config("w4g32")
+
+    def bump_norms(block, results, inputs, targets, kwargs, cfg):
+        assert targets.shape == inputs.shape
+        for name, p in block.named_parameters():
+            if "norm" in name:
+                p.data.mul_(1.25)
+
+    spec = MethodSpec("tuned", rtn.config_type, rtn.quantize, rtn.decode, "", uses_hessian=False,
+                      finetune_block=bump_norms)
+    full_model = make_tiny_llama(tmp_path / "a", layers=3)
+    quantize_model(full_model, tokens, spec, config, progress=False)
+
+    calls = {"n": 0}
+
+    def flaky(weight, hessian, cfg):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return rtn.quantize(weight, hessian, cfg)
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        quantize_model(make_tiny_llama(tmp_path / "b", layers=3), tokens,
+                       MethodSpec("tuned", rtn.config_type, flaky, rtn.decode, "", uses_hessian=False,
+                                  finetune_block=bump_norms), config, checkpoint_dir=ckpt, progress=False)
+    resumed = make_tiny_llama(tmp_path / "c", layers=3)
+    quantize_model(resumed, tokens, spec, config, checkpoint_dir=ckpt, progress=False)
+    torch.testing.assert_close(resumed(tokens).logits, full_model(tokens).logits)

@@ -33,6 +33,10 @@ class MethodSpec:
     description: str
     uses_hessian: bool = True  # False: the driver skips collecting H and passes None
     bench_configs: tuple[str, ...] = ()  # the configs `lowbit-gguf bench-suite` compares
+    # After a block's linears are quantized: tune the block against its float outputs, updating the
+    # results (payload and decoded) and the block's other parameters in place.
+    # finetune_block(block, results by module name in the block, inputs, float targets, block kwargs, config)
+    finetune_block: Callable | None = None
 
     def parse_config(self, text: str | None):
         return self.config_type.parse(text) if text else self.config_type()

@@ -8,8 +8,11 @@ L2 norms), then Adam steps on codebooks and scales alternate with a beam search 
 shuffled order, codebooks in turn, all output rows at once) until the relative gain falls below rel_tol.
 Codebooks and scales are stored in f16; the decode uses the stored values.
 
-Not yet here (see the AQLM issue): block-wise fine-tuning of codebooks, scales and norms against the float
-block, and a GGUF tensor type with kernels; until then the GGUF carries the reference decode in F16.
+After all linears of a block are quantized, its codebooks, scales and norms are fine-tuned (codes fixed)
+to match the float block's outputs on the calibration activations.
+
+Not yet here (see the AQLM issue): a GGUF tensor type with kernels; until then the GGUF carries the
+reference decode in F16.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ class AQLMConfig:
     lr: float = 1e-3
     rel_tol: float = 1e-3  # stop when a round improves the objective by less than this fraction
     kmeans_iters: int = 20
+    finetune_epochs: int = 3  # block fine-tuning passes over the calibration set (0: off)
+    finetune_lr: float = 1e-4
+    finetune_batch: int = 8
     seed: int = 0
 
     def __post_init__(self):
@@ -189,5 +195,49 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: AQLMConfig) ->
     return QuantizedLinear(payload, decode(payload, config), bits_per_weight(config, d_out, d_in))
 
 
+def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Tensor, targets: torch.Tensor,
+                   kwargs: dict, config: AQLMConfig) -> None:
+    """Adam on every linear's codebooks and scales and on the block's norms, codes fixed, minimising the
+    relative MSE between the quantized block's outputs and the float block's (targets)."""
+    if config.finetune_epochs <= 0:
+        return
+    from torch.func import functional_call
+
+    from lowbit_gguf.sequential import _batch_kwargs
+
+    trainable = {name: {"codebooks": r.payload["codebooks"].float().requires_grad_(True),
+                        "scales": r.payload["scales"].float().requires_grad_(True)} for name, r in results.items()}
+    norms = [p for name, p in block.named_parameters() if "norm" in name]
+    was_trainable = [p.requires_grad for p in norms]
+    for p in norms:
+        p.requires_grad_(True)
+    params = [t for entry in trainable.values() for t in entry.values()] + norms
+    opt = torch.optim.Adam(params, lr=config.finetune_lr)
+    n_seq = inputs.shape[0]
+    scale = targets.pow(2).mean()
+    gen = torch.Generator().manual_seed(config.seed)
+    with torch.enable_grad():
+        for _ in range(config.finetune_epochs):
+            starts = list(range(0, n_seq, config.finetune_batch))
+            for start in (starts[k] for k in torch.randperm(len(starts), generator=gen).tolist()):
+                stop = min(start + config.finetune_batch, n_seq)
+                weights = {f"{name}.weight": decode({"codes": results[name].payload["codes"], **t}, config)
+                           for name, t in trainable.items()}
+                out = functional_call(block, weights, (inputs[start:stop],), _batch_kwargs(kwargs, start, stop, n_seq))
+                out = out[0] if isinstance(out, tuple) else out
+                loss = (out - targets[start:stop]).pow(2).mean() / scale
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    for p, flag in zip(norms, was_trainable):
+        p.requires_grad_(flag)
+    for name, t in trainable.items():
+        payload = results[name].payload
+        payload["codebooks"] = t["codebooks"].detach().half()
+        payload["scales"] = t["scales"].detach().half()
+        results[name].decoded = decode(payload, config)
+
+
 register(MethodSpec("aqlm", AQLMConfig, quantize, decode,
-                    "additive quantization: M codebooks of 2^B over groups of 8 (2x8, 1x16, 1x8)"))
+                    "additive quantization: M codebooks of 2^B over groups of 8 (2x8, 1x16, 1x8)",
+                    finetune_block=finetune_block))
