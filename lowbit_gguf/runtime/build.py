@@ -257,8 +257,9 @@ def _cmake(root: Path, options: BuildOptions, jobs: int | None, progress: bool) 
     env = dict(os.environ)
     # Paths inside the key dir become relative, so ccache hits across keys for unchanged files.
     env["CCACHE_BASEDIR"] = str(root)
-    if options.cuda and find_pip_cublas():
-        include = str(find_pip_cublas()[0])
+    cublas = find_pip_cublas() if options.cuda else None
+    if cublas:
+        include = str(cublas[0])
         env["CPATH"] = include + os.pathsep + env["CPATH"] if env.get("CPATH") else include
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     log = root / "build.log"
