@@ -21,6 +21,7 @@ struct lb_model {
 };
 
 static char    g_error[1024];
+static char    g_llama_errors[1024];  // llama.cpp's own error lines since the last call into it
 static int32_t g_verbose = 0;
 static int     g_backend_ready = 0;
 
@@ -34,16 +35,27 @@ static int32_t set_error(const char * fmt, ...) {
 
 static void log_callback(enum ggml_log_level level, const char * text, void * user_data) {
     (void) user_data;
-    if (g_verbose || level == GGML_LOG_LEVEL_ERROR) {
+    if (g_verbose) {
         fputs(text, stderr);
     }
     if (level == GGML_LOG_LEVEL_ERROR) {
-        // keep the library's own reason: it is the best message for a file the loader refuses
-        size_t used = strlen(g_error);
-        if (used + 1 < sizeof(g_error)) {
-            snprintf(g_error + used, sizeof(g_error) - used, "%s", text);
+        // keep the library's own reason for the error message the caller gets
+        size_t used = strlen(g_llama_errors);
+        if (used + 1 < sizeof(g_llama_errors)) {
+            snprintf(g_llama_errors + used, sizeof(g_llama_errors) - used, "%s", text);
         }
     }
+}
+
+// The first line llama.cpp logged as an error since the last call, or a fallback.
+static const char * llama_reason(const char * fallback) {
+    static char first[sizeof(g_llama_errors)];
+    if (!g_llama_errors[0]) {
+        return fallback;
+    }
+    snprintf(first, sizeof(first), "%s", g_llama_errors);
+    first[strcspn(first, "\n")] = '\0';
+    return first;
 }
 
 static void ensure_backend(void) {
@@ -61,14 +73,12 @@ void lb_set_verbose(int32_t verbose) { g_verbose = verbose; ensure_backend(); }
 
 lb_model * lb_model_load(const char * path, int32_t n_ctx, int32_t n_threads, int32_t n_gpu_layers) {
     ensure_backend();
-    g_error[0] = '\0';
+    g_llama_errors[0] = '\0';
     struct llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = n_gpu_layers;
     struct llama_model * model = llama_model_load_from_file(path, mparams);
     if (!model) {
-        char reason[sizeof(g_error)];
-        snprintf(reason, sizeof(reason), "%s", g_error);
-        set_error("llama.cpp could not load %s: %s", path, reason[0] ? reason : "unknown reason");
+        set_error("llama.cpp could not load %s: %s", path, llama_reason("unknown reason"));
         return NULL;
     }
     struct llama_context_params cparams = llama_context_default_params();
@@ -81,7 +91,8 @@ lb_model * lb_model_load(const char * path, int32_t n_ctx, int32_t n_threads, in
     struct llama_context * ctx = llama_init_from_model(model, cparams);
     if (!ctx) {
         llama_model_free(model);
-        set_error("llama.cpp could not create a context of %d tokens for %s", n_ctx, path);
+        set_error("llama.cpp could not create a context of %d tokens for %s: %s", n_ctx, path,
+                  llama_reason("unknown reason"));
         return NULL;
     }
     lb_model * m = calloc(1, sizeof(*m));
@@ -153,9 +164,10 @@ static int32_t decode_chunk(lb_model * m, const int32_t * tokens, int32_t start,
         b->seq_id[j][0] = 0;
         b->logits[j]    = wants_logits[start + j];
     }
+    g_llama_errors[0] = '\0';
     int32_t rc = llama_decode(m->ctx, *b);
     if (rc != 0) {
-        return set_error("llama_decode failed with code %d", rc);
+        return set_error("llama_decode failed with code %d: %s", rc, llama_reason("no reason given"));
     }
     return 0;
 }
@@ -267,8 +279,9 @@ int32_t lb_dequantize(int32_t type, const void * data, size_t nbytes, float * ou
         return set_error("%lld %s values take %zu bytes, got %zu", (long long) n_values, traits->type_name,
                          expected, nbytes);
     }
+    g_llama_errors[0] = '\0';
     if (!ggml_validate_row_data((enum ggml_type) type, data, nbytes)) {
-        return set_error("%s data is invalid (non-finite scales or out-of-range values)", traits->type_name);
+        return set_error("%s data is invalid: %s", traits->type_name, llama_reason("rejected by ggml_validate_row_data"));
     }
     traits->to_float(data, out, n_values);
     return 0;

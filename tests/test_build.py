@@ -64,3 +64,14 @@ def test_cuda_flags():
     flags = build.BuildOptions(cuda=True, cuda_arch="89").cmake_flags()
     assert "-DGGML_CUDA=ON" in flags and "-DCMAKE_CUDA_ARCHITECTURES=89" in flags
     assert build.BuildOptions(cuda=True).tag == "cpu-cuda90"
+
+
+def test_bindings_have_their_own_hash_and_flags_enter_the_build_key(tmp_path, monkeypatch):
+    folder = tmp_path / "cbindings"
+    shutil.copytree(build.BINDINGS_DIR, folder)
+    monkeypatch.setattr(build, "BINDINGS_DIR", folder)
+    llama_key, shim_key = build.patch_hash(build.BuildOptions()), build.bindings_hash()
+    (folder / "lowbit_api.c").write_text((folder / "lowbit_api.c").read_text() + "\n// changed\n")
+    assert build.bindings_hash() != shim_key
+    assert build.patch_hash(build.BuildOptions()) == llama_key  # llama.cpp is not rebuilt for a shim change
+    assert build.patch_hash(build.BuildOptions(cuda=True)) != llama_key

@@ -143,7 +143,7 @@ def test_bad_tokens_are_refused(tiny_gguf):
             model.eval(list(range(model.n_ctx + 1)))  # llama.cpp pads n_ctx up: ask it
 
 
-def test_truncated_and_garbage_files_are_refused(tiny_gguf, tmp_path, runtime_build):
+def test_truncated_and_garbage_files_are_refused(tiny_gguf, tmp_path, runtime_build, capfd):
     from lowbit_gguf.runtime.library import Model
 
     _, path = tiny_gguf
@@ -154,5 +154,8 @@ def test_truncated_and_garbage_files_are_refused(tiny_gguf, tmp_path, runtime_bu
     for bad in (truncated, garbage):
         with pytest.raises(BadGGUF, match="llama.cpp could not load"):
             Model(bad, n_ctx=16)
+    with pytest.raises(BadGGUF, match="invalid magic characters"):  # llama.cpp's own reason, once
+        Model(garbage, n_ctx=16)
+    assert "llama_model_load" not in capfd.readouterr().err  # not also printed behind the caller's back
     with pytest.raises(BadGGUF, match="no such GGUF file"):
         Model(tmp_path / "missing.gguf")

@@ -1,7 +1,8 @@
 """Build the patched llama.cpp runtime: pinned upstream source + ggml_patches/ -> cached libraries and tools.
 
-The build lives under <cache>/runtime/<key>/ where the key hashes the upstream pin, every patch, the C
-bindings and the backend flags, so a changed patch gives a fresh build and an unchanged one costs seconds.
+The build lives under <cache>/runtime/<key>/ where the key hashes the upstream pin, every patch and the
+CMake flags, so a changed patch gives a fresh build and an unchanged one costs seconds. The C bindings
+(cbindings/) are compiled into the build's lib/ under their own hash: changing them recompiles one file.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ UPSTREAM_SUBDIR = "llama_cpp_python-0.3.36/vendor/llama.cpp"
 UPSTREAM_COMMIT = "0c1e57098"
 
 TOOLS = ("llama-cli", "llama-completion", "llama-perplexity", "llama-bench", "llama-quantize", "llama-imatrix")
-SHIM_NAME = "liblowbit_api.so"
+SHIM_STEM = "liblowbit_api"
 
 COMMON_CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -117,13 +118,27 @@ def _bindings_files() -> list[Path]:
     return sorted(p for p in BINDINGS_DIR.iterdir() if p.suffix in (".c", ".h"))
 
 
-def patch_hash() -> str:
-    """Hash of everything that changes the built runtime besides the flags: series, patches, bindings."""
+def _digest(parts: list[bytes]) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{UPSTREAM.name}=={UPSTREAM.version}:{UPSTREAM.sha256}\n".encode())
-    for path in [PATCH_DIR / "series", *read_series(), *_bindings_files()]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for part in parts:
+        digest.update(part + b"\0")
     return digest.hexdigest()[:16]
+
+
+def patch_hash(options: BuildOptions | None = None) -> str:
+    """Hash of what the llama.cpp build depends on: the upstream pin, the series, every patch and,
+    given options, the CMake flags."""
+    parts = [f"{UPSTREAM.name}=={UPSTREAM.version}:{UPSTREAM.sha256}".encode()]
+    for path in [PATCH_DIR / "series", *read_series()]:
+        parts.append(path.name.encode() + b"\0" + path.read_bytes())
+    if options is not None:
+        parts.append(" ".join(options.cmake_flags()).encode())
+    return _digest(parts)
+
+
+def bindings_hash() -> str:
+    """Hash of cbindings/: the shim is rebuilt when it changes, llama.cpp is not."""
+    return _digest([p.name.encode() + b"\0" + p.read_bytes() for p in _bindings_files()])
 
 
 @dataclass
@@ -140,7 +155,8 @@ class RuntimeBuild:
 
     @property
     def shim(self) -> Path:
-        return self.root / "lib" / SHIM_NAME
+        """The C bindings compiled for the current cbindings/ sources."""
+        return self.root / "lib" / f"{SHIM_STEM}-{bindings_hash()}.so"
 
     @property
     def source_dir(self) -> Path:
@@ -154,30 +170,36 @@ class RuntimeBuild:
 
 
 def build_dir_for(options: BuildOptions) -> Path:
-    return cache_root() / "runtime" / f"{UPSTREAM.version}-{options.tag}-{patch_hash()}"
+    return cache_root() / "runtime" / f"{UPSTREAM.version}-{options.tag}-{patch_hash(options)}"
 
 
 def find_build(options: BuildOptions = BuildOptions()) -> RuntimeBuild:
-    """The finished build for the current patches, or a RuntimeNotBuilt error that says what to run."""
+    """The finished build for the current patches and bindings, or a RuntimeNotBuilt error that says
+    what to run."""
     root = build_dir_for(options)
     stamp = root / "build.json"
+    flag = " --cuda" if options.cuda else ""
     if not stamp.exists():
-        flag = " --cuda" if options.cuda else ""
         raise RuntimeNotBuilt(
-            f"no patched runtime is built for the current ggml_patches/ and cbindings/ ({root.name}); "
+            f"no patched runtime is built for the current ggml_patches/ ({root.name}); "
             f"run `lowbit-gguf runtime build{flag}`"
         )
-    return RuntimeBuild(root, options, json.loads(stamp.read_text()))
+    build = RuntimeBuild(root, options, json.loads(stamp.read_text()))
+    if not build.shim.exists():
+        raise RuntimeNotBuilt(f"the C bindings changed since the last build; run `lowbit-gguf runtime build{flag}` "
+                              "(seconds: llama.cpp itself is not rebuilt)")
+    return build
 
 
 def build_runtime(options: BuildOptions = BuildOptions(), jobs: int | None = None,
                   progress: bool = True) -> RuntimeBuild:
     """Fetch, patch and build; returns at once when a finished build for these inputs exists."""
-    try:
-        return find_build(options)
-    except RuntimeNotBuilt:
-        pass
     root = build_dir_for(options)
+    if (root / "build.json").exists():
+        build = RuntimeBuild(root, options, json.loads((root / "build.json").read_text()))
+        if not build.shim.exists():
+            _compile_shim(build)
+        return build
     started = time.time()
     source = root / "src"
     if source.exists():
@@ -186,15 +208,16 @@ def build_runtime(options: BuildOptions = BuildOptions(), jobs: int | None = Non
     extract_upstream(source)
     apply_series(source)
     _cmake(root, options, jobs, progress)
-    _compile_shim(root)
     info = {
         "upstream": f"{UPSTREAM.name}=={UPSTREAM.version} (llama.cpp {UPSTREAM_COMMIT})",
-        "patch_hash": patch_hash(),
+        "patch_hash": patch_hash(options),
         "flags": options.tag,
         "seconds": round(time.time() - started, 1),
     }
+    build = RuntimeBuild(root, options, info)
+    _compile_shim(build)
     (root / "build.json").write_text(json.dumps(info, indent=2))
-    return RuntimeBuild(root, options, info)
+    return build
 
 
 def extract_upstream(dest: Path) -> None:
@@ -275,17 +298,18 @@ def _cmake(root: Path, options: BuildOptions, jobs: int | None, progress: bool) 
                 log, env, progress, "building llama.cpp")
 
 
-def _compile_shim(root: Path) -> None:
-    """Compile cbindings/lowbit_api.c against the patched libllama into <root>/lib."""
-    src = root / "src"
-    out = root / "lib" / SHIM_NAME
+def _compile_shim(build: RuntimeBuild) -> None:
+    """Compile cbindings/lowbit_api.c against the patched libllama into the build's lib/ folder."""
+    src = build.source_dir
+    out = build.shim
     out.parent.mkdir(exist_ok=True)
-    bin_dir = root / "build" / "bin"
+    partial = out.with_name(out.name + ".partial")
     cmd = ["cc", "-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror",
            str(BINDINGS_DIR / "lowbit_api.c"), "-I", str(BINDINGS_DIR),
            "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
-           "-L", str(bin_dir), "-lllama", "-lggml", "-lggml-base",
-           f"-Wl,-rpath,{bin_dir}", "-o", str(out)]
+           "-L", str(build.bin_dir), "-lllama", "-lggml", "-lggml-base",
+           f"-Wl,-rpath,{build.bin_dir}", "-o", str(partial)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise LowbitError(f"compiling the C bindings failed:\n{proc.stderr}")
+    partial.replace(out)
