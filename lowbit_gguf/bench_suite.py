@@ -276,9 +276,11 @@ def plot(rows: list[dict], stamp: dict, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    for axis in (ax.xaxis, ax.yaxis):
+    ppls = [r["ppl"] for r in rows]
+    for axis, narrow in ((ax.xaxis, True), (ax.yaxis, max(ppls) < 10 * min(ppls))):
         axis.set_major_formatter(plain)
-        axis.set_minor_formatter(plain)
+        # minor ticks get labels only while the axis spans less than a decade, else they overlap
+        axis.set_minor_formatter(plain if narrow else matplotlib.ticker.NullFormatter())
     ax.set_xlabel("bits per weight (block linear weights)")
     ax.set_ylabel(f"perplexity (ctx {stamp['settings']['ppl_ctx']}, evaluation text)")
     ax.set_title(f"{stamp['model']} ({stamp['upstream'].split(' ')[0]})", fontsize=9)
