@@ -12,7 +12,6 @@ evaluation "Pride and Prejudice": disjoint by construction, each pinned by the h
 from __future__ import annotations
 
 import gzip
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -151,7 +150,3 @@ def _write_atomically(path: Path, data: bytes) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(data)
     partial.replace(path)
-
-
-def clear_model_cache() -> None:
-    shutil.rmtree(cache_root() / "models", ignore_errors=True)

@@ -75,7 +75,7 @@ def _to(obj, device):
     return obj
 
 
-def _batch_kwargs(kwargs: dict, start: int, stop: int, n_seq: int) -> dict:
+def batch_kwargs(kwargs: dict, start: int, stop: int, n_seq: int) -> dict:
     """Slice per-sequence tensors (batch dim == n_seq) to one mini-batch; shared ones pass as they are."""
 
     def cut(v):
@@ -94,7 +94,7 @@ def _run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size:
     n_seq = hidden.shape[0]
     for start in range(0, n_seq, batch_size):
         stop = min(start + batch_size, n_seq)
-        out = block(hidden[start:stop], **_batch_kwargs(kwargs, start, stop, n_seq))
+        out = block(hidden[start:stop], **batch_kwargs(kwargs, start, stop, n_seq))
         outputs[start:stop] = out[0] if isinstance(out, tuple) else out
     return outputs
 

@@ -203,7 +203,7 @@ def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Ten
         return
     from torch.func import functional_call
 
-    from lowbit_gguf.sequential import _batch_kwargs
+    from lowbit_gguf.sequential import batch_kwargs
 
     trainable = {name: {"codebooks": r.payload["codebooks"].float().requires_grad_(True),
                         "scales": r.payload["scales"].float().requires_grad_(True)} for name, r in results.items()}
@@ -223,7 +223,7 @@ def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Ten
                 stop = min(start + config.finetune_batch, n_seq)
                 weights = {f"{name}.weight": decode({"codes": results[name].payload["codes"], **t}, config)
                            for name, t in trainable.items()}
-                out = functional_call(block, weights, (inputs[start:stop],), _batch_kwargs(kwargs, start, stop, n_seq))
+                out = functional_call(block, weights, (inputs[start:stop],), batch_kwargs(kwargs, start, stop, n_seq))
                 out = out[0] if isinstance(out, tuple) else out
                 loss = (out - targets[start:stop]).pow(2).mean() / scale
                 opt.zero_grad()

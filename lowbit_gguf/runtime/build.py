@@ -69,12 +69,6 @@ class BuildOptions:
         if self.cuda:
             # No libcuda on build machines: virtual memory management needs the driver API.
             flags += ["-DGGML_CUDA=ON", "-DGGML_CUDA_NO_VMM=ON", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_arch}"]
-            cublas = find_pip_cublas()
-            if cublas:
-                include, lib = cublas
-                flags += [f"-DCUDA_cublas_LIBRARY={lib / 'libcublas.so.13'}",
-                          f"-DCUDA_cublasLt_LIBRARY={lib / 'libcublasLt.so.13'}",
-                          f"-DCMAKE_BUILD_RPATH={lib}"]
         if self.metal:
             flags += ["-DGGML_METAL=ON"]
         return flags
@@ -280,15 +274,19 @@ def _cmake(root: Path, options: BuildOptions, jobs: int | None, progress: bool) 
     env = dict(os.environ)
     # Paths inside the key dir become relative, so ccache hits across keys for unchanged files.
     env["CCACHE_BASEDIR"] = str(root)
+    flags = options.cmake_flags()
+    # where cuBLAS lives is a fact of this machine, not of the build: it stays out of the cache key
     cublas = find_pip_cublas() if options.cuda else None
     if cublas:
-        include = str(cublas[0])
-        env["CPATH"] = include + os.pathsep + env["CPATH"] if env.get("CPATH") else include
+        include, lib = cublas
+        env["CPATH"] = f"{include}{os.pathsep}{env['CPATH']}" if env.get("CPATH") else str(include)
+        flags += [f"-DCUDA_cublas_LIBRARY={lib / 'libcublas.so.13'}",
+                  f"-DCUDA_cublasLt_LIBRARY={lib / 'libcublasLt.so.13'}", f"-DCMAKE_BUILD_RPATH={lib}"]
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     log = root / "build.log"
     log.write_text("")
     configure = subprocess.run(["cmake", "-S", str(root / "src"), "-B", str(root / "build"), *generator,
-                                *options.cmake_flags()], capture_output=True, text=True, env=env, cwd=root)
+                                *flags], capture_output=True, text=True, env=env, cwd=root)
     with open(log, "a") as logf:
         logf.write(configure.stdout + configure.stderr)
     if configure.returncode != 0:

@@ -16,7 +16,7 @@ import numpy as np
 from cffi import FFI
 
 from lowbit_gguf.errors import BadGGUF, LowbitError
-from lowbit_gguf.runtime.build import BINDINGS_DIR, BuildOptions, RuntimeBuild, find_build
+from lowbit_gguf.runtime.build import BINDINGS_DIR, BuildOptions, find_build
 
 EXPECTED_PATCH_TAG = "lowbit-gguf-1"
 
@@ -40,10 +40,6 @@ def load_library(options: BuildOptions = BuildOptions()):
         raise LowbitError(f"runtime at {build.root} carries patch tag {tag!r}, expected {EXPECTED_PATCH_TAG!r}")
     lib.lb_set_verbose(1 if os.environ.get("LOWBIT_GGUF_VERBOSE") else 0)
     return lib
-
-
-def runtime_build(options: BuildOptions = BuildOptions()) -> RuntimeBuild:
-    return find_build(options)
 
 
 def last_error(lib) -> str:
