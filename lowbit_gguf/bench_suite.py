@@ -188,14 +188,24 @@ def _measure_quality(files, build, eval_txt, work, logs, settings, step) -> None
     base_logits.unlink(missing_ok=True)  # n_tokens x n_vocab logits: large, and only needed above
 
 
+def llama_bench(tool: Path, models: list[Path], threads: int, n_prompt: int, n_gen: int, repetitions: int,
+                log: Path) -> list[dict]:
+    """llama-bench's JSON rows (one per model and test) for the given models, in one run."""
+    cmd = [tool, "-t", threads, "-p", n_prompt, "-n", n_gen, "-r", repetitions, "-o", "json"]
+    for model in models:
+        cmd += ["-m", model]
+    out = run_tool(cmd, log)
+    return json.loads(out[: out.rindex("]") + 1])
+
+
 def _measure_speed(files, build, logs, settings, step) -> None:
     """llama-bench prompt and generation speed, one repetition per file per round, rounds alternating."""
     samples: dict[str, dict[str, list[float]]] = {f.name: {"pp": [], "tg": []} for f in files}
     for r in range(settings.bench_rounds):
         for f in files:
-            out = run_tool([build.tool("llama-bench"), "-m", f.path, "-t", settings.threads, "-p", settings.n_prompt,
-                            "-n", settings.n_gen, "-r", 1, "-o", "json"], logs / f"bench-{f.path.stem}-{r}.log")
-            for entry in json.loads(out[: out.rindex("]") + 1]):
+            rows = llama_bench(build.tool("llama-bench"), [f.path], settings.threads, settings.n_prompt,
+                               settings.n_gen, 1, logs / f"bench-{f.path.stem}-{r}.log")
+            for entry in rows:
                 samples[f.name]["pp" if entry["n_prompt"] else "tg"].append(entry["avg_ts"])
         step(f"speed round {r + 1}")
     for f in files:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -179,18 +178,15 @@ def run(gguf_file, prompt, max_tokens, temp, seed, ctx, threads):
 @click.option("-r", "--repetitions", default=3, show_default=True)
 def bench(gguf_files, threads, n_prompt, n_gen, repetitions):
     """Tokens/s with llama.cpp's llama-bench (several files are measured in one run), size and bits/weight."""
+    import tempfile
+
+    from lowbit_gguf.bench_suite import llama_bench
     from lowbit_gguf.gguf.inspect import read_summary
     from lowbit_gguf.runtime.build import find_build
 
-    tool = find_build().tool("llama-bench")
-    cmd = [str(tool), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(repetitions),
-           "-o", "json"]
-    for f in gguf_files:
-        cmd += ["-m", str(f)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise LowbitError(f"llama-bench failed:\n{proc.stderr[-3000:]}")
-    rows = json.loads(proc.stdout)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = llama_bench(find_build().tool("llama-bench"), list(gguf_files), threads, n_prompt, n_gen,
+                           repetitions, Path(tmp) / "llama-bench.log")
     click.echo(f"{'file':40s} {'MiB':>8s} {'bpw':>7s} {'test':>8s} {'tokens/s':>12s}")
     for row in rows:
         summary = read_summary(row["model_filename"])
