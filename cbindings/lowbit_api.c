@@ -2,6 +2,8 @@
 #include "lowbit_api.h"
 
 #include "ggml.h"
+#include "ggml-cpu.h"
+#include "ggml-lowbit.h"
 #include "llama.h"
 
 #include <math.h>
@@ -258,7 +260,11 @@ int32_t lb_type_count(void) { return GGML_TYPE_COUNT; }
 
 static int type_in_range(int32_t type) { return type >= 0 && type < GGML_TYPE_COUNT; }
 
-const char * lb_type_name(int32_t type) { return type_in_range(type) ? ggml_type_name((enum ggml_type) type) : ""; }
+const char * lb_type_name(int32_t type) {
+    // unused ids (removed types, the gap below the lowbit-gguf range) have no name
+    const char * name = type_in_range(type) ? ggml_type_name((enum ggml_type) type) : NULL;
+    return name ? name : "";
+}
 int64_t lb_type_block_size(int32_t type) { return type_in_range(type) ? ggml_blck_size((enum ggml_type) type) : -1; }
 int64_t lb_type_size(int32_t type) { return type_in_range(type) ? (int64_t) ggml_type_size((enum ggml_type) type) : -1; }
 
@@ -284,5 +290,110 @@ int32_t lb_dequantize(int32_t type, const void * data, size_t nbytes, float * ou
         return set_error("%s data is invalid: %s", traits->type_name, llama_reason("rejected by ggml_validate_row_data"));
     }
     traits->to_float(data, out, n_values);
+    return 0;
+}
+
+// ---- lowbit-gguf types ----
+
+#define LB_MAX_SIDES GGML_LOWBIT_MAX_SIDES
+
+// A lowbit weight as ggml tensors over the caller's buffers: w->src[] holds the sides, as the loader sets them.
+struct lowbit_weight {
+    struct ggml_context * ctx;
+    struct ggml_tensor *  w;
+};
+
+static int32_t lowbit_weight_make(struct lowbit_weight * lw, int32_t type, const void * codes, size_t codes_bytes,
+                                  int64_t n_per_row, int64_t n_rows, int32_t n_sides, const int32_t * side_types,
+                                  const int64_t * side_ne, const void * const * side_data,
+                                  const size_t * side_bytes, size_t extra_tensors) {
+    memset(lw, 0, sizeof(*lw));
+    if (!type_in_range(type) || !ggml_lowbit_is_type((enum ggml_type) type)) {
+        return set_error("ggml type %d is not a lowbit-gguf type", type);
+    }
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info((enum ggml_type) type);
+    if (n_per_row <= 0 || n_rows <= 0 || n_per_row % info->block_size != 0) {
+        return set_error("%s weights need rows of a positive multiple of %d values, got %lld x %lld", info->name,
+                         info->block_size, (long long) n_rows, (long long) n_per_row);
+    }
+    size_t expected = (size_t) n_rows * ggml_row_size((enum ggml_type) type, n_per_row);
+    if (codes_bytes != expected) {
+        return set_error("%lld x %lld %s codes take %zu bytes, got %zu", (long long) n_rows, (long long) n_per_row,
+                         info->name, expected, codes_bytes);
+    }
+    if (n_sides != info->n_sides) {
+        return set_error("%s needs %d side tensors, got %d", info->name, info->n_sides, n_sides);
+    }
+    struct ggml_init_params params = { ggml_tensor_overhead() * (1 + LB_MAX_SIDES + extra_tensors) +
+                                           ggml_graph_overhead(), NULL, true };
+    lw->ctx = ggml_init(params);
+    lw->w   = ggml_new_tensor_2d(lw->ctx, (enum ggml_type) type, n_per_row, n_rows);
+    lw->w->data = (void *) codes;
+    ggml_set_name(lw->w, "weight");
+    const struct ggml_tensor * sides[LB_MAX_SIDES] = { NULL };
+    for (int32_t i = 0; i < n_sides; ++i) {
+        const int64_t * ne = side_ne + 4 * i;
+        if (!type_in_range(side_types[i]) || ne[0] <= 0 || ne[1] <= 0 || ne[2] <= 0 || ne[3] <= 0 ||
+            ggml_blck_size((enum ggml_type) side_types[i]) <= 0) {
+            ggml_free(lw->ctx);
+            return set_error("side tensor '%s' has an invalid type or shape", info->sides[i]);
+        }
+        struct ggml_tensor * side = ggml_new_tensor_4d(lw->ctx, (enum ggml_type) side_types[i], ne[0], ne[1], ne[2], ne[3]);
+        ggml_set_name(side, info->sides[i]);
+        if (ggml_nbytes(side) != side_bytes[i]) {
+            ggml_free(lw->ctx);
+            return set_error("side tensor '%s' holds %zu bytes, its shape needs %zu", info->sides[i], side_bytes[i],
+                             ggml_nbytes(side));
+        }
+        side->data = (void *) side_data[i];
+        sides[i] = lw->w->src[i] = side;
+    }
+    char err[256];
+    if (!ggml_lowbit_check_sides(lw->w, sides, err, sizeof(err))) {
+        ggml_free(lw->ctx);
+        return set_error("%s", err);
+    }
+    return 0;
+}
+
+int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row, int64_t n_rows,
+                          int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
+                          const void * const * side_data, const size_t * side_bytes, const float * x,
+                          int64_t n_tokens, float * out, int32_t n_threads, int32_t use_ref) {
+    struct lowbit_weight lw;
+    if (lowbit_weight_make(&lw, type, codes, codes_bytes, n_per_row, n_rows, n_sides, side_types, side_ne,
+                           side_data, side_bytes, 3) < 0) {
+        return -1;
+    }
+    if (n_tokens <= 0) {
+        ggml_free(lw.ctx);
+        return set_error("need at least one token, got %lld", (long long) n_tokens);
+    }
+    struct ggml_tensor * xt = ggml_new_tensor_2d(lw.ctx, GGML_TYPE_F32, n_per_row, n_tokens);
+    xt->data = (void *) x;
+    struct ggml_tensor * yt = ggml_mul_mat(lw.ctx, lw.w, xt);
+    yt->data = out;
+    struct ggml_cgraph * graph = ggml_new_graph(lw.ctx);
+    ggml_build_forward_expand(graph, yt);
+    struct ggml_cplan plan = ggml_graph_plan(graph, n_threads > 0 ? n_threads : 1, NULL);
+    plan.use_ref = use_ref != 0;
+    void * work = plan.work_size ? malloc(plan.work_size) : NULL;
+    plan.work_data = work;
+    enum ggml_status status = ggml_graph_compute(graph, &plan);
+    free(work);
+    ggml_free(lw.ctx);
+    return status == GGML_STATUS_SUCCESS ? 0 : set_error("ggml_graph_compute failed (status %d)", (int) status);
+}
+
+int32_t lb_lowbit_dequantize(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row,
+                             int64_t n_rows, int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
+                             const void * const * side_data, const size_t * side_bytes, float * out) {
+    struct lowbit_weight lw;
+    if (lowbit_weight_make(&lw, type, codes, codes_bytes, n_per_row, n_rows, n_sides, side_types, side_ne,
+                           side_data, side_bytes, 0) < 0) {
+        return -1;
+    }
+    ggml_lowbit_dequantize_rows(lw.w->type, codes, lw.w->nb[1], n_per_row, 0, n_rows, side_data, out);
+    ggml_free(lw.ctx);
     return 0;
 }

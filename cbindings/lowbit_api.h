@@ -50,3 +50,20 @@ int64_t     lb_type_size(int32_t type);
 /* Decode n_values weights of a ggml type from nbytes of raw blocks through the library's own kernel.
  * Checks the byte count and the row data (ggml_validate_row_data) before touching them. */
 int32_t lb_dequantize(int32_t type, const void * data, size_t nbytes, float * out, int64_t n_values);
+
+/* lowbit-gguf types. A weight is its codes (n_rows rows of n_per_row weights) plus side tensors, given as
+ * n_sides entries of type (ggml type id), ne (4 per side, ggml order), data and byte count, in the order of
+ * the type table. Side tensors are checked as the model loader checks them; a malformed one gives an
+ * error that names it. */
+
+/* out (n_tokens x n_rows f32) = W x through ggml's CPU MUL_MAT, the code llama.cpp runs; x is
+ * n_tokens x n_per_row f32. use_ref != 0 runs ggml's reference path (plain C decode, scalar dot). */
+int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row, int64_t n_rows,
+                          int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
+                          const void * const * side_data, const size_t * side_bytes, const float * x,
+                          int64_t n_tokens, float * out, int32_t n_threads, int32_t use_ref);
+
+/* out (n_rows x n_per_row f32) = the plain C reference decode of the same weight. */
+int32_t lb_lowbit_dequantize(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row,
+                             int64_t n_rows, int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
+                             const void * const * side_data, const size_t * side_bytes, float * out);

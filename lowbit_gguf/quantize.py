@@ -1,21 +1,24 @@
 """Quantize a Hugging Face model with a registered method and write a GGUF.
 
-Until a method has its own GGUF tensor type, its file carries the reference decode of its codes in F16:
-the runtime then computes with exactly the weights the method produced, which is what perplexity parity
-between the runtime and the Python reference decode checks.
+The model with its reference decode is converted by llama.cpp's own converter to F16; a method with a GGUF
+tensor type (MethodSpec.pack) then has its weights rewritten as codes plus side tensors
+(lowbit_gguf.gguf.write). A method without one ships the F16 file: the runtime then computes with exactly
+the weights the method produced.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbit_gguf.calibration import calibration_tokens, load_text
 from lowbit_gguf.evaluate import hf_tokenize, load_hf_model
 from lowbit_gguf.gguf.convert import check_model_dir, convert
+from lowbit_gguf.gguf.write import write_lowbit_gguf
 from lowbit_gguf.methods import get_method
 from lowbit_gguf.sequential import QuantizationResult, quantize_model
 
@@ -27,7 +30,7 @@ class QuantizeReport:
     seconds: float
 
 
-def quantize_checkpoint(model_dir: Path, method: str, config: str | None, out: Path, *,
+def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
                         calib_text: str = "calibration", n_samples: int = 128, seq_len: int = 512,
                         device: str = "cpu", checkpoint_dir: Path | None = None,
                         save_decoded: Path | None = None, progress: bool = True) -> QuantizeReport:
@@ -49,7 +52,17 @@ def quantize_checkpoint(model_dir: Path, method: str, config: str | None, out: P
                      "chat_template.jinja", "generation_config.json"):
             if (model_dir / name).exists():
                 shutil.copy2(model_dir / name, decoded_dir / name)
-        convert(decoded_dir, out, "f16", quiet=True)
+        if spec.pack is None:
+            convert(decoded_dir, out, "f16", quiet=True)
+        else:
+            f16 = out.with_name(out.name + ".f16-decode")
+            convert(decoded_dir, f16, "f16", quiet=True)
+            try:
+                packed = {name: spec.pack(r.payload, parsed) for name, r in result.layers.items()}
+                write_lowbit_gguf(f16, out, packed, {name: r.decoded for name, r in result.layers.items()},
+                                  {"method": method, "config": json.dumps(asdict(parsed))}, progress=progress)
+            finally:
+                f16.unlink(missing_ok=True)
     finally:
         if not save_decoded:
             shutil.rmtree(decoded_dir, ignore_errors=True)

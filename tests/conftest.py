@@ -55,3 +55,19 @@ def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int =
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy2(tokenizer_dir / name, folder / name)
     return model
+
+
+def random_aqlm_payload(config_text, d_out=24, d_in=64, seed=0):
+    """(spec, config, payload) of an AQLM weight with random codes, codebooks and scales."""
+    from lowbit_gguf.methods import get_method
+
+    spec = get_method("aqlm")
+    config = spec.parse_config(config_text)
+    g = torch.Generator().manual_seed(seed)
+    payload = {
+        "codes": torch.randint(0, config.codebook_size, (d_out, d_in // 8, config.num_codebooks), generator=g),
+        "codebooks": (torch.randn(config.num_codebooks, config.codebook_size, 8, generator=g) * 0.1).half(),
+        "scales": (torch.rand(d_out, generator=g) + 0.5).half(),
+    }
+    payload["codes"] = payload["codes"].to(torch.int16 if config.nbits <= 15 else torch.int32)
+    return spec, config, payload

@@ -41,6 +41,7 @@ def test_python_type_table_agrees_with_c(lib):
         if (block, size) != (c_block, c_size):
             disagree.append(qtype.name)
     assert set(disagree) == KNOWN_GGUF_PY_DIFFERENCES
+    assert c_types[201] == ("aqlm_2x8", 8, 2)  # the lowbit types are in the C table, from types.py
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "F16", "BF16"])

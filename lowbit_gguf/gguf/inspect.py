@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit_gguf.errors import BadGGUF
+from lowbit_gguf.gguf.types import LOWBIT_TYPES
+
+SIDE_SUFFIXES = frozenset(s for t in LOWBIT_TYPES for s in t.sides)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,11 @@ class TensorInfo:
         """A transformer block's matmul weight (what low-bit methods quantize)."""
         return self.name.startswith("blk.") and self.name.endswith(".weight") and len(self.shape) == 2
 
+    @property
+    def is_side_tensor(self) -> bool:
+        """A side tensor of a lowbit weight (blk.N.attn_q.codebook, ...): its bytes count for its weight."""
+        return self.name.startswith("blk.") and self.name.rsplit(".", 1)[-1] in SIDE_SUFFIXES
+
 
 @dataclass(frozen=True)
 class GGUFSummary:
@@ -34,8 +42,13 @@ class GGUFSummary:
     file_bytes: int
 
     def bits_per_weight(self, linear_only: bool = False) -> float:
-        chosen = [t for t in self.tensors if t.is_block_linear] if linear_only else self.tensors
-        return 8.0 * sum(t.n_bytes for t in chosen) / sum(t.n_elements for t in chosen)
+        """Bits per weight over all tensors, or over the block linear weights with their side tensors'
+        bytes (codebooks, scales) counted."""
+        if not linear_only:
+            return 8.0 * sum(t.n_bytes for t in self.tensors) / sum(t.n_elements for t in self.tensors)
+        weights = [t for t in self.tensors if t.is_block_linear]
+        sides = [t for t in self.tensors if t.is_side_tensor]
+        return 8.0 * sum(t.n_bytes for t in weights + sides) / sum(t.n_elements for t in weights)
 
     @property
     def n_parameters(self) -> int:

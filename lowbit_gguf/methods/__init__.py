@@ -37,8 +37,14 @@ class MethodSpec:
     # results (payload and decoded) and the block's other parameters in place.
     # finetune_block(block, results by module name in the block, inputs, float targets, block kwargs, config)
     finetune_block: Callable | None = None
+    # payload -> PackedWeight (lowbit_gguf.gguf.write): the weight in the method's GGUF tensor type.
+    # None: the GGUF carries the reference decode in F16.
+    pack: Callable | None = None
 
-    def parse_config(self, text: str | None):
+    def parse_config(self, text):
+        """A config from its compact text ('2x8'), None (the defaults), or a config object as is."""
+        if isinstance(text, self.config_type):
+            return text
         return self.config_type.parse(text) if text else self.config_type()
 
 

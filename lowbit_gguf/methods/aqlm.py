@@ -11,8 +11,8 @@ Codebooks and scales are stored in f16; the decode uses the stored values.
 After all linears of a block are quantized, its codebooks, scales and norms are fine-tuned (codes fixed)
 to match the float block's outputs on the calibration activations.
 
-Not yet here (see the AQLM issue): a GGUF tensor type with kernels; until then the GGUF carries the
-reference decode in F16.
+In GGUF a weight is its codes in one of the AQLM tensor types (aqlm_1x16, aqlm_2x8, aqlm_1x8, groups of
+8), with the codebooks and row scales as side tensors (pack below; lowbit_gguf.gguf.types).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
@@ -238,6 +239,23 @@ def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Ten
         results[name].decoded = decode(payload, config)
 
 
+def pack(payload: dict[str, torch.Tensor], config: AQLMConfig):
+    """The payload in its GGUF type: codes little-endian, B bits each, M per group of 8, row after row."""
+    from lowbit_gguf.gguf.types import CODEBOOK, ROW_SCALE, aqlm_type
+    from lowbit_gguf.gguf.write import PackedWeight
+
+    lowbit_type = aqlm_type(config.num_codebooks, config.nbits, config.group_size)
+    codes = payload["codes"].long().numpy()  # [d_out, n_groups, M]
+    d_out, n_groups, _ = codes.shape
+    stored = (codes & (config.codebook_size - 1)).astype(np.uint8 if config.nbits == 8 else "<u2")
+    return PackedWeight(
+        lowbit_type,
+        codes=stored.reshape(d_out, -1).view(np.uint8),
+        sides={CODEBOOK: payload["codebooks"].half().numpy(), ROW_SCALE: payload["scales"].half().numpy()},
+        n_per_row=n_groups * config.group_size,
+    )
+
+
 register(MethodSpec("aqlm", AQLMConfig, quantize, decode,
                     "additive quantization: M codebooks of 2^B over groups of 8 (2x8, 1x16, 1x8)",
-                    finetune_block=finetune_block))
+                    finetune_block=finetune_block, pack=pack))

@@ -108,6 +108,11 @@ def read_series() -> list[Path]:
     return [PATCH_DIR / n for n in names]
 
 
+def own_source_files() -> list[Path]:
+    """The project's own C/C++/CUDA/Metal files (ggml_patches/src/), laid out as in the upstream tree."""
+    return sorted(p for p in (PATCH_DIR / "src").rglob("*") if p.is_file())
+
+
 def _bindings_files() -> list[Path]:
     return sorted(p for p in BINDINGS_DIR.iterdir() if p.suffix in (".c", ".h"))
 
@@ -120,11 +125,11 @@ def _digest(parts: list[bytes]) -> str:
 
 
 def patch_hash(options: BuildOptions | None = None) -> str:
-    """Hash of what the llama.cpp build depends on: the upstream pin, the series, every patch and,
-    given options, the CMake flags."""
+    """Hash of what the llama.cpp build depends on: the upstream pin, the series, every patch, the project's
+    own sources and, given options, the CMake flags."""
     parts = [f"{UPSTREAM.name}=={UPSTREAM.version}:{UPSTREAM.sha256}".encode()]
-    for path in [PATCH_DIR / "series", *read_series()]:
-        parts.append(path.name.encode() + b"\0" + path.read_bytes())
+    for path in [PATCH_DIR / "series", *read_series(), *own_source_files()]:
+        parts.append(str(path.relative_to(PATCH_DIR)).encode() + b"\0" + path.read_bytes())
     if options is not None:
         parts.append(" ".join(options.cmake_flags()).encode())
     return _digest(parts)
@@ -234,9 +239,22 @@ class PatchError(LowbitError):
 
 
 def apply_series(source: Path) -> None:
-    """Apply every patch of the series in order."""
+    """Copy the project's own sources into the tree, then apply every patch of the series in order."""
+    copy_own_sources(source)
     for patch in read_series():
         apply_patch(source, patch)
+
+
+def copy_own_sources(source: Path) -> None:
+    """ggml_patches/src/<path> -> <tree>/<path>; our files sit beside upstream's and never replace one."""
+    src_root = PATCH_DIR / "src"
+    for path in own_source_files():
+        dest = source / path.relative_to(src_root)
+        if dest.exists():
+            raise PatchError(f"ggml_patches/src/{path.relative_to(src_root)} would replace an upstream file; "
+                             "change upstream files with a patch instead")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
 
 
 def apply_patch(source: Path, patch: Path) -> None:
@@ -305,7 +323,7 @@ def _compile_shim(build: RuntimeBuild) -> None:
     cmd = ["cc", "-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror",
            str(BINDINGS_DIR / "lowbit_api.c"), "-I", str(BINDINGS_DIR),
            "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
-           "-L", str(build.bin_dir), "-lllama", "-lggml", "-lggml-base",
+           "-L", str(build.bin_dir), "-lllama", "-lggml", "-lggml-cpu", "-lggml-base",
            f"-Wl,-rpath,{build.bin_dir}", "-o", str(partial)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -184,3 +184,50 @@ def type_table(options: BuildOptions = BuildOptions()) -> dict[int, tuple[str, i
     lib = load_library(options)
     return {t: (ffi.string(lib.lb_type_name(t)).decode(), lib.lb_type_block_size(t), lib.lb_type_size(t))
             for t in range(lib.lb_type_count())}
+
+
+def _lowbit_args(weight) -> tuple[list, list]:
+    """cffi arguments describing a PackedWeight (codes, then its side tensors), and the buffers to keep alive."""
+    t = weight.lowbit_type
+    sides = [np.ascontiguousarray(weight.sides[s]) for s in t.sides]
+    codes = np.ascontiguousarray(weight.codes)
+    side_types = np.array([_GGML_DTYPES[s.dtype.str] for s in sides], dtype=np.int32)
+    side_ne = np.array([list(reversed(s.shape)) + [1] * (4 - s.ndim) for s in sides], dtype=np.int64).reshape(-1)
+    side_data = ffi.new("void *[]", [ffi.from_buffer(s) for s in sides])
+    side_bytes = ffi.new("size_t[]", [s.nbytes for s in sides])
+    args = [t.type_id, ffi.from_buffer(codes), codes.nbytes, weight.n_per_row, weight.d_out, len(sides),
+            ffi.from_buffer("int32_t[]", side_types), ffi.from_buffer("int64_t[]", side_ne), side_data, side_bytes]
+    return args, [codes, sides, side_types, side_ne]
+
+
+_GGML_DTYPES = {"<f4": 0, "<f2": 1}  # numpy dtype -> ggml type id (F32, F16)
+
+
+def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, reference: bool = False,
+                   options: BuildOptions = BuildOptions()) -> np.ndarray:
+    """x [n_tokens, d_in] -> W x [n_tokens, d_out] for a PackedWeight, through ggml's CPU MUL_MAT (the code
+    llama.cpp runs); reference=True takes ggml's reference path."""
+    lib = load_library(options)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != weight.n_per_row:
+        raise ValueError(f"x must be [n_tokens, {weight.n_per_row}], got {list(x.shape)}")
+    out = np.empty((x.shape[0], weight.d_out), dtype=np.float32)
+    args, keep = _lowbit_args(weight)
+    rc = lib.lb_lowbit_mul_mat(*args, ffi.from_buffer("float[]", x), x.shape[0], ffi.from_buffer("float[]", out),
+                               n_threads, int(reference))
+    del keep
+    if rc < 0:
+        raise LowbitError(last_error(lib))
+    return out
+
+
+def lowbit_dequantize(weight, options: BuildOptions = BuildOptions()) -> np.ndarray:
+    """The C reference decode of a PackedWeight, [d_out, d_in] float32."""
+    lib = load_library(options)
+    out = np.empty((weight.d_out, weight.n_per_row), dtype=np.float32)
+    args, keep = _lowbit_args(weight)
+    rc = lib.lb_lowbit_dequantize(*args, ffi.from_buffer("float[]", out))
+    del keep
+    if rc < 0:
+        raise LowbitError(last_error(lib))
+    return out

@@ -1,0 +1,40 @@
+#include "llama-lowbit.h"
+
+#include "llama-impl.h"
+#include "llama-model-loader.h"
+
+#include "ggml-lowbit.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+void llama_lowbit_attach_sides(ggml_tensor * weight, const LLM_TN_IMPL & tn, const llama_model_loader & ml,
+                               const llama_lowbit_create_fn & create) {
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info(weight->type);
+    if (info == nullptr) {
+        return;
+    }
+    if (tn.suffix == nullptr || strcmp(tn.suffix, "weight") != 0) {
+        throw std::runtime_error(format("tensor '%s' has the lowbit type %s, which only matmul weights may have",
+                                        weight->name, info->name));
+    }
+    const ggml_tensor * sides[GGML_LOWBIT_MAX_SIDES] = {};
+    for (int i = 0; i < info->n_sides; ++i) {
+        const LLM_TN_IMPL   side_tn(tn.arch, tn.tensor, info->sides[i], tn.bid, tn.xid);
+        const std::string   name = side_tn.str();
+        const ggml_tensor * meta = ml.get_tensor_meta(name.c_str());
+        if (meta == nullptr) {
+            throw std::runtime_error(format("weight '%s' of type %s needs the side tensor '%s', which the file lacks",
+                                            weight->name, info->name, name.c_str()));
+        }
+        sides[i] = create(side_tn, { meta->ne[0], meta->ne[1], meta->ne[2], meta->ne[3] });
+    }
+    char err[256];
+    if (!ggml_lowbit_check_sides(weight, sides, err, sizeof(err))) {
+        throw std::runtime_error(format("weight '%s' of type %s: %s", weight->name, info->name, err));
+    }
+    for (int i = 0; i < info->n_sides; ++i) {
+        weight->src[i] = const_cast<ggml_tensor *>(sides[i]);
+    }
+}

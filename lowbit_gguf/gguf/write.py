@@ -1,0 +1,137 @@
+"""Write a lowbit GGUF: llama.cpp's own F16 conversion of the model, with each quantized weight replaced by
+its codes (a lowbit tensor type) and the side tensors that decode them.
+
+Everything but the quantized weights (metadata, tokenizer, embeddings, norms, output head) is copied from
+the F16 file that upstream's convert_hf_to_gguf.py wrote, so names, metadata and the tensor layout are
+llama.cpp's own. The F16 file holds the method's reference decode, which is also how the writer finds
+each weight's row order: llama.cpp's converter permutes the rows of Llama's q/k projections, and the codes
+must follow the same permutation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import gguf
+from lowbit_gguf.errors import BadGGUF, LowbitError
+from lowbit_gguf.gguf.types import PER_ROW_SIDES, LowbitType, gguf_type
+
+
+@dataclass
+class PackedWeight:
+    """A weight [d_out, d_in] in a lowbit type, as the file stores it."""
+
+    lowbit_type: LowbitType
+    codes: np.ndarray  # uint8 [d_out, row_bytes]
+    sides: dict[str, np.ndarray]  # suffix -> array in numpy order (ggml's ne reversed)
+    n_per_row: int  # d_in
+
+    def __post_init__(self):
+        t = self.lowbit_type
+        row_bytes = self.n_per_row // t.block_size * t.type_size
+        if self.n_per_row % t.block_size or self.codes.dtype != np.uint8 or self.codes.shape[1:] != (row_bytes,):
+            raise ValueError(f"{t.name} codes for rows of {self.n_per_row} must be uint8 [d_out, {row_bytes}], "
+                             f"got {self.codes.dtype} {list(self.codes.shape)}")
+        expected = t.side_shapes(self.d_out)
+        for suffix in t.sides:
+            side = self.sides.get(suffix)
+            if side is None or side.shape != expected[suffix]:
+                raise ValueError(f"{t.name} side tensor {suffix!r} must have shape {expected[suffix]}, "
+                                 f"got {None if side is None else side.shape}")
+
+    @property
+    def d_out(self) -> int:
+        return self.codes.shape[0]
+
+    def permute_rows(self, perm: np.ndarray) -> PackedWeight:
+        sides = {k: (v[perm] if k in PER_ROW_SIDES else v) for k, v in self.sides.items()}
+        return PackedWeight(self.lowbit_type, np.ascontiguousarray(self.codes[perm]), sides, self.n_per_row)
+
+
+def llama_rows_permutation(d_out: int, n_head: int) -> np.ndarray:
+    """The row order convert_hf_to_gguf gives Llama's q/k weights (LlamaModel.permute), as indices."""
+    rows = np.arange(d_out)
+    return rows.reshape(n_head, 2, d_out // n_head // 2).swapaxes(1, 2).reshape(d_out)
+
+
+def _row_order(name: str, decoded: torch.Tensor, stored: np.ndarray, head_counts: list[int]) -> np.ndarray:
+    """The permutation p with decoded[p] == the F16 tensor the converter wrote (to f16 precision)."""
+    ref = decoded.float().numpy()
+    tol = 1e-3 * max(float(np.abs(ref).max()), 1e-6)
+    candidates = [np.arange(ref.shape[0])]
+    candidates += [llama_rows_permutation(ref.shape[0], h) for h in head_counts
+                   if h > 0 and ref.shape[0] % (2 * h) == 0]
+    for perm in candidates:
+        if np.abs(ref[perm] - stored.astype(np.float32)).max() <= tol:
+            return perm
+    raise LowbitError(f"{name}: the F16 conversion does not hold this weight's decode in any known row order; "
+                      "the quantized model and the converted file do not belong together")
+
+
+def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> None:
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
+            continue  # the writer writes these itself
+        vtype = field.types[0]
+        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type)
+
+
+def write_lowbit_gguf(source: Path, out: Path, packed: dict[str, PackedWeight], decoded: dict[str, torch.Tensor],
+                      metadata: dict[str, str], progress: bool = True) -> Path:
+    """Copy the F16 GGUF `source` to `out`, writing each weight in `packed` (keyed by Hugging Face module
+    name, e.g. model.layers.0.self_attn.q_proj) as codes plus side tensors. decoded holds the same
+    weights' reference decodes [d_out, d_in]. metadata: extra lowbit_gguf.* string keys."""
+    source, out = Path(source), Path(out)
+    reader = gguf.GGUFReader(source)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    arch_enum = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}.get(arch)
+    if arch_enum is None:
+        raise BadGGUF(f"{source}: architecture {arch!r} is unknown to the gguf package")
+    n_blocks = reader.get_field(f"{arch}.block_count").contents()
+    head_counts = []
+    for key in (f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv"):
+        field = reader.get_field(key)
+        if field is not None:
+            head_counts.append(int(field.contents()))
+    names = gguf.get_tensor_name_map(arch_enum, n_blocks)
+    by_gguf_name = {}
+    for module, weight in packed.items():
+        gguf_name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if gguf_name is None:
+            raise LowbitError(f"{module}: llama.cpp's tensor-name map has no name for this module")
+        by_gguf_name[gguf_name] = (module, weight)
+
+    partial = out.with_name(out.name + ".partial")
+    writer = gguf.GGUFWriter(partial, arch)
+    _copy_metadata(reader, writer)
+    for key, value in metadata.items():
+        writer.add_string(f"lowbit_gguf.{key}", value)
+    found = set()
+    for tensor in reader.tensors:
+        if tensor.name not in by_gguf_name:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+            continue
+        module, weight = by_gguf_name[tensor.name]
+        found.add(tensor.name)
+        weight = weight.permute_rows(_row_order(tensor.name, decoded[module], tensor.data, head_counts))
+        writer.add_tensor(tensor.name, weight.codes, raw_dtype=gguf_type(weight.lowbit_type))
+        stem = tensor.name.removesuffix(".weight")
+        for suffix in weight.lowbit_type.sides:
+            writer.add_tensor(f"{stem}.{suffix}", np.ascontiguousarray(weight.sides[suffix]))
+    missing = sorted(set(by_gguf_name) - found)
+    if missing:
+        raise LowbitError(f"{source} lacks the tensors {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=progress)
+    finally:
+        writer.close()
+    partial.replace(out)
+    return out
+
