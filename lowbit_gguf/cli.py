@@ -98,13 +98,17 @@ def convert(model_dir, output, out_type):
               help="Resume folder (default: OUTPUT.checkpoint); rerun the same command to resume.")
 @click.option("--save-decoded", type=click.Path(path_type=Path), default=None,
               help="Also keep the reference-decoded model as a Hugging Face checkpoint here.")
-def quantize(model_dir, method, config, output, calib_text, samples, seq_len, device, checkpoint, save_decoded):
+@click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
+              help="Type of the token embeddings and output head in methods with their own GGUF type "
+                   "(llama.cpp's low-bit files use Q8_0).")
+def quantize(model_dir, method, config, output, calib_text, samples, seq_len, device, checkpoint, save_decoded,
+             embedding_type):
     """Quantize MODEL_DIR block by block with a registered method and write a GGUF."""
     from lowbit_gguf.quantize import quantize_checkpoint
 
     report = quantize_checkpoint(model_dir, method, config, output, calib_text=calib_text, n_samples=samples,
                                  seq_len=seq_len, device=device, checkpoint_dir=checkpoint,
-                                 save_decoded=save_decoded)
+                                 save_decoded=save_decoded, embedding_type=embedding_type)
     click.echo(f"wrote {report.gguf}: {len(report.result.layers)} linear layers, "
                f"{report.result.bits_per_weight():.3f} bits/weight in the method's own storage, "
                f"{report.seconds:.0f} s")

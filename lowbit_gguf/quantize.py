@@ -33,7 +33,8 @@ class QuantizeReport:
 def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
                         calib_text: str = "calibration", n_samples: int = 128, seq_len: int = 512,
                         device: str = "cpu", checkpoint_dir: Path | None = None,
-                        save_decoded: Path | None = None, progress: bool = True) -> QuantizeReport:
+                        save_decoded: Path | None = None, embedding_type: str = "q8_0",
+                        progress: bool = True) -> QuantizeReport:
     started = time.time()
     model_dir, out = Path(model_dir), Path(out)
     check_model_dir(model_dir)
@@ -60,7 +61,8 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
             try:
                 packed = {name: spec.pack(r.payload, parsed) for name, r in result.layers.items()}
                 write_lowbit_gguf(f16, out, packed, {name: r.decoded for name, r in result.layers.items()},
-                                  {"method": method, "config": json.dumps(asdict(parsed))}, progress=progress)
+                                  {"method": method, "config": json.dumps(asdict(parsed))},
+                                  embedding_type=embedding_type, progress=progress)
             finally:
                 f16.unlink(missing_ok=True)
     finally:

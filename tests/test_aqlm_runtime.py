@@ -29,7 +29,8 @@ def tiny_aqlm(default_model_dir, tmp_path_factory):
     config = replace(get_method("aqlm").parse_config("2x8"), max_rounds=1, adam_steps=5, kmeans_iters=4,
                      beam_size=1, finetune_epochs=1)
     report = quantize_checkpoint(folder / "float", "aqlm", config, folder / "aqlm.gguf", n_samples=4,
-                                 seq_len=64, save_decoded=folder / "decoded", progress=False)
+                                 seq_len=64, save_decoded=folder / "decoded", embedding_type="f16",
+                                 progress=False)
     return report.gguf, folder / "decoded"
 
 
@@ -38,7 +39,7 @@ def test_file_holds_codes_and_side_tensors(tiny_aqlm):
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_q.weight"] == "AQLM_2X8" and types["blk.1.ffn_down.weight"] == "AQLM_2X8"
     assert types["blk.0.attn_q.codebook"] == "F16" and types["blk.0.attn_q.row_scale"] == "F16"
-    assert types["token_embd.weight"] != "AQLM_2X8" and types["output.weight"] != "AQLM_2X8"
+    assert types["token_embd.weight"] == "F16" and types["output.weight"] == "F16"  # as asked for parity
     assert reader.get_field("lowbit_gguf.method").contents() == "aqlm"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import gguf
+import gguf.quants
 from lowbit_gguf.errors import BadGGUF, LowbitError
 from lowbit_gguf.gguf.types import PER_ROW_SIDES, LowbitType, gguf_type
 
@@ -81,11 +82,19 @@ def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> None:
         writer.add_key_value(field.name, field.contents(), vtype, sub_type)
 
 
+# Token embeddings and output head stay in a standard type; llama.cpp's own low-bit files keep them in Q8_0.
+EMBEDDING_TENSORS = ("token_embd.weight", "output.weight")
+EMBEDDING_TYPES = ("q8_0", "f16")
+
+
 def write_lowbit_gguf(source: Path, out: Path, packed: dict[str, PackedWeight], decoded: dict[str, torch.Tensor],
-                      metadata: dict[str, str], progress: bool = True) -> Path:
+                      metadata: dict[str, str], embedding_type: str = "q8_0", progress: bool = True) -> Path:
     """Copy the F16 GGUF `source` to `out`, writing each weight in `packed` (keyed by Hugging Face module
     name, e.g. model.layers.0.self_attn.q_proj) as codes plus side tensors. decoded holds the same
-    weights' reference decodes [d_out, d_in]. metadata: extra lowbit_gguf.* string keys."""
+    weights' reference decodes [d_out, d_in]. metadata: extra lowbit_gguf.* string keys. embedding_type:
+    the type of the token embeddings and output head (gguf's own numpy quantizer makes Q8_0)."""
+    if embedding_type not in EMBEDDING_TYPES:
+        raise LowbitError(f"embedding type {embedding_type!r} is not one of {', '.join(EMBEDDING_TYPES)}")
     source, out = Path(source), Path(out)
     reader = gguf.GGUFReader(source)
     arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
@@ -113,6 +122,12 @@ def write_lowbit_gguf(source: Path, out: Path, packed: dict[str, PackedWeight], 
         writer.add_string(f"lowbit_gguf.{key}", value)
     found = set()
     for tensor in reader.tensors:
+        if tensor.name in EMBEDDING_TENSORS and embedding_type == "q8_0" \
+                and tensor.tensor_type == gguf.GGMLQuantizationType.F16:
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            data = gguf.quants.quantize(np.asarray(tensor.data, np.float32), q8)
+            writer.add_tensor(tensor.name, data, raw_dtype=q8)
+            continue
         if tensor.name not in by_gguf_name:
             writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
             continue
