@@ -1,10 +1,12 @@
 // CPU MUL_MAT for the lowbit-gguf types.
 //
-// Two paths, both split over threads by output rows:
+// Three paths:
 //  - look-up table (AQLM with 8-bit codes, a few tokens: decode): for every token, input group b and
 //    codebook m, the products <codebook[m][k], x[b*8 : b*8+8]> for all 256 k are computed once; an output
-//    row is then a sum of M gathers per group, one per code, times the row scale.
-//  - tiles (everything else, and prompts): TILE_ROWS rows are decoded to f32 and dotted with every token.
+//    row is then a sum of M gathers per group, one per code, times the row scale. Rows split over threads.
+//  - prompts (SGEMM_MIN_TOKENS and more): SGEMM_ROWS rows at a time are decoded to f32 by all threads, then
+//    multiplied with all tokens by ggml's own llamafile sgemm (all threads together).
+//  - tiles (everything else): TILE_ROWS rows are decoded to f32 and dotted with every token.
 // params->use_ref takes the tile path with the plain C decode and a scalar dot (the reference).
 
 #include "lowbit-cpu.h"
@@ -15,6 +17,10 @@
 
 #include <string.h>
 
+#ifdef GGML_USE_LLAMAFILE
+#    include "llamafile/sgemm.h"
+#endif
+
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #    include <immintrin.h>
 #    define LOWBIT_AVX2 1
@@ -24,6 +30,8 @@
 #define LUT_MAX_TOKENS 4
 #define LUT_CHUNK      16  // codes whose tables (16 x 256 floats) are gathered together
 #define ALIGN_FLOATS   16  // 64 bytes
+#define SGEMM_ROWS     128
+#define SGEMM_MIN_TOKENS 8
 
 static inline int64_t align_floats(int64_t n) {
     return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
@@ -54,6 +62,8 @@ size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) 
     GGML_ASSERT(info != NULL);
     const int64_t n_per_row = dst->src[0]->ne[0];
     int64_t floats = n_threads * tile_floats_per_thread(n_per_row);
+    const int64_t sgemm = SGEMM_ROWS * n_per_row;
+    floats = sgemm > floats ? sgemm : floats;
     if (takes_lut_path(info, n_tokens_of(dst), false)) {
         const int64_t lut = lut_floats(info, n_per_row, n_tokens_of(dst));
         floats = lut > floats ? lut : floats;
@@ -100,6 +110,23 @@ static void aqlm_decode_rows_avx2(const struct ggml_lowbit_type_info * info, con
 }
 #endif
 
+// rows [r0, r0 + nr) of the weight to f32
+static void decode_rows(const struct ggml_compute_params * params, const struct ggml_tensor * w,
+                        const struct ggml_lowbit_type_info * info, const void * const * sides, int64_t r0,
+                        int64_t nr, float * out) {
+    const uint8_t * rows = (const uint8_t *) w->data + r0 * w->nb[1];
+#ifdef LOWBIT_AVX2
+    if (!params->use_ref && info->method == GGML_LOWBIT_METHOD_AQLM && info->block_size == 8) {
+        aqlm_decode_rows_avx2(info, rows, w->nb[1], w->ne[0], r0, nr, (const ggml_fp16_t *) sides[0],
+                              (const ggml_fp16_t *) sides[1], out);
+        return;
+    }
+#endif
+    GGML_UNUSED(params);
+    GGML_UNUSED(info);
+    ggml_lowbit_dequantize_rows(w->type, rows, w->nb[1], w->ne[0], r0, nr, sides, out);
+}
+
 static float dot_scalar(const float * a, const float * b, int64_t n) {
     float sum = 0.0f;
     for (int64_t i = 0; i < n; ++i) {
@@ -120,17 +147,8 @@ static void mul_mat_tiles(const struct ggml_compute_params * params, struct ggml
     const int64_t              r_end     = r_begin + per_th < n_rows ? r_begin + per_th : n_rows;
 
     for (int64_t r0 = r_begin; r0 < r_end; r0 += TILE_ROWS) {
-        const int64_t   nr   = r_end - r0 < TILE_ROWS ? r_end - r0 : TILE_ROWS;
-        const uint8_t * rows = (const uint8_t *) w->data + r0 * w->nb[1];
-#ifdef LOWBIT_AVX2
-        if (!params->use_ref && info->method == GGML_LOWBIT_METHOD_AQLM && info->block_size == 8) {
-            aqlm_decode_rows_avx2(info, rows, w->nb[1], n_per_row, r0, nr, (const ggml_fp16_t *) sides[0],
-                                  (const ggml_fp16_t *) sides[1], buf);
-        } else
-#endif
-        {
-            ggml_lowbit_dequantize_rows(w->type, rows, w->nb[1], n_per_row, r0, nr, sides, buf);
-        }
+        const int64_t nr = r_end - r0 < TILE_ROWS ? r_end - r0 : TILE_ROWS;
+        decode_rows(params, w, info, sides, r0, nr, buf);
         for (int64_t t = 0; t < n_tokens; ++t) {
             const float * xt = token_in(x, t);
             float *       yt = token_out(dst, t);
@@ -143,6 +161,46 @@ static void mul_mat_tiles(const struct ggml_compute_params * params, struct ggml
             }
         }
     }
+}
+
+// ---- prompt path: decoded row chunks through ggml's sgemm ----
+
+// false (before touching dst) when sgemm does not take these shapes; every thread gets the same answer
+static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml_tensor * dst,
+                          const struct ggml_lowbit_type_info * info, const void * const * sides, float * buf) {
+#ifdef GGML_USE_LLAMAFILE
+    const struct ggml_tensor * w = dst->src[0];
+    const struct ggml_tensor * x = dst->src[1];
+    if (params->use_ref || x->ne[2] * x->ne[3] != 1 || dst->ne[2] * dst->ne[3] != 1) {
+        return false;
+    }
+    const int64_t n_per_row = w->ne[0];
+    for (int64_t r0 = 0; r0 < w->ne[1]; r0 += SGEMM_ROWS) {
+        const int64_t nr     = w->ne[1] - r0 < SGEMM_ROWS ? w->ne[1] - r0 : SGEMM_ROWS;
+        const int64_t per_th = (nr + params->nth - 1) / params->nth;
+        const int64_t a      = params->ith * per_th;
+        const int64_t b      = a + per_th < nr ? a + per_th : nr;
+        if (a < b) {
+            decode_rows(params, w, info, sides, r0 + a, b - a, buf + a * n_per_row);
+        }
+        ggml_barrier(params->threadpool);
+        // sgemm ends with a barrier, so the next chunk's decode cannot overwrite rows still in use
+        if (!llamafile_sgemm(params, nr, x->ne[1], n_per_row, buf, n_per_row, x->data, x->nb[1] / sizeof(float),
+                             (char *) dst->data + r0 * sizeof(float), dst->nb[1] / sizeof(float), GGML_TYPE_F32,
+                             GGML_TYPE_F32, GGML_TYPE_F32)) {
+            GGML_ASSERT(r0 == 0);  // the shapes decide, so the first chunk answers for all
+            return false;
+        }
+    }
+    return true;
+#else
+    GGML_UNUSED(params);
+    GGML_UNUSED(dst);
+    GGML_UNUSED(info);
+    GGML_UNUSED(sides);
+    GGML_UNUSED(buf);
+    return false;
+#endif
 }
 
 // ---- look-up table path (AQLM, 8-bit codes, groups of 8) ----
@@ -287,6 +345,8 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
     GGML_ASSERT(params->wsize >= ggml_lowbit_cpu_work_size(dst, params->nth));
     if (takes_lut_path(info, n_tokens_of(dst), params->use_ref)) {
         mul_mat_lut(params, dst, info, sides, work);
+    } else if (n_tokens_of(dst) >= SGEMM_MIN_TOKENS && mul_mat_sgemm(params, dst, info, sides, work)) {
+        return;
     } else {
         mul_mat_tiles(params, dst, info, sides, work + params->ith * tile_floats_per_thread(w->ne[0]));
     }
