@@ -29,6 +29,7 @@
 #define TILE_ROWS      16
 #define LUT_MAX_TOKENS 4
 #define LUT_CHUNK      16  // codes whose tables (16 x 256 floats) are gathered together
+#define LUT_ROW_BLOCK  64  // rows whose codes are gathered together
 #define ALIGN_FLOATS   16  // 64 bytes
 #define SGEMM_ROWS     128
 #define SGEMM_MIN_TOKENS 8
@@ -276,48 +277,51 @@ static void mul_mat_lut(const struct ggml_compute_params * params, struct ggml_t
     for (int64_t t = 0; t < n_tokens; ++t) {
         const float * table = lut + t * n_codes * 256;  // [n_blocks][M][256]
         float *       yt    = token_out(dst, t);
-        for (int64_t r = r_begin; r < r_end; ++r) {
-            yt[r] = 0.0f;
-        }
-        // LUT_CHUNK codes at a time over all rows: their 16 KiB of table stays in L1 while the rows stream by
-        for (int64_t c0 = 0; c0 < n_codes; c0 += LUT_CHUNK) {
-            const float * chunk = table + c0 * 256;
-            const int64_t nc    = n_codes - c0 < LUT_CHUNK ? n_codes - c0 : LUT_CHUNK;
-            for (int64_t r = r_begin; r < r_end; ++r) {
-                const uint8_t * codes = (const uint8_t *) w->data + r * w->nb[1] + c0;  // [n_blocks][M] bytes
-                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;  // partial sums break the add chain
-                int64_t i = 0;
-                if (nc == LUT_CHUNK) {
-                    // codes as two 64-bit words: one load per 8 codes instead of one per code
-                    uint64_t lo, hi;
-                    memcpy(&lo, codes, 8);
-                    memcpy(&hi, codes + 8, 8);
-                    for (int k = 0; k < 8; k += 4, lo >>= 32, hi >>= 32) {
-                        s0 += chunk[(k + 0) * 256 + (lo & 255)];
-                        s1 += chunk[(k + 1) * 256 + ((lo >> 8) & 255)];
-                        s2 += chunk[(k + 2) * 256 + ((lo >> 16) & 255)];
-                        s3 += chunk[(k + 3) * 256 + ((lo >> 24) & 255)];
-                        s0 += chunk[(k + 8) * 256 + (hi & 255)];
-                        s1 += chunk[(k + 9) * 256 + ((hi >> 8) & 255)];
-                        s2 += chunk[(k + 10) * 256 + ((hi >> 16) & 255)];
-                        s3 += chunk[(k + 11) * 256 + ((hi >> 24) & 255)];
+        // Blocks of LUT_ROW_BLOCK rows (their codes, ~10 KiB, stay in L1), and within a block LUT_CHUNK codes
+        // at a time over its rows (their 16 KiB of tables stay in L1 too).
+        for (int64_t rb = r_begin; rb < r_end; rb += LUT_ROW_BLOCK) {
+            const int64_t nrb = r_end - rb < LUT_ROW_BLOCK ? r_end - rb : LUT_ROW_BLOCK;
+            float         acc[LUT_ROW_BLOCK] = { 0.0f };
+            for (int64_t c0 = 0; c0 < n_codes; c0 += LUT_CHUNK) {
+                const float * chunk = table + c0 * 256;
+                const int64_t nc    = n_codes - c0 < LUT_CHUNK ? n_codes - c0 : LUT_CHUNK;
+                for (int64_t r = 0; r < nrb; ++r) {
+                    const uint8_t * codes = (const uint8_t *) w->data + (rb + r) * w->nb[1] + c0;  // [n_blocks][M]
+                    if (c0 == 0 && rb + LUT_ROW_BLOCK + r < r_end) {
+                        // codes stream from memory row block after row block: ask for the next one early
+                        const char * next = (const char *) codes + LUT_ROW_BLOCK * w->nb[1];
+                        for (size_t off = 0; off < w->nb[1]; off += 64) {
+                            __builtin_prefetch(next + off);
+                        }
                     }
-                    i = nc;
+                    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;  // partial sums break the add chain
+                    int64_t i = 0;
+                    if (nc == LUT_CHUNK) {
+                        // codes as two 64-bit words: one load per 8 codes instead of one per code
+                        uint64_t lo, hi;
+                        memcpy(&lo, codes, 8);
+                        memcpy(&hi, codes + 8, 8);
+                        for (int k = 0; k < 8; k += 4, lo >>= 32, hi >>= 32) {
+                            s0 += chunk[(k + 0) * 256 + (lo & 255)];
+                            s1 += chunk[(k + 1) * 256 + ((lo >> 8) & 255)];
+                            s2 += chunk[(k + 2) * 256 + ((lo >> 16) & 255)];
+                            s3 += chunk[(k + 3) * 256 + ((lo >> 24) & 255)];
+                            s0 += chunk[(k + 8) * 256 + (hi & 255)];
+                            s1 += chunk[(k + 9) * 256 + ((hi >> 8) & 255)];
+                            s2 += chunk[(k + 10) * 256 + ((hi >> 16) & 255)];
+                            s3 += chunk[(k + 11) * 256 + ((hi >> 24) & 255)];
+                        }
+                        i = nc;
+                    }
+                    for (; i < nc; ++i) {
+                        s0 += chunk[i * 256 + codes[i]];
+                    }
+                    acc[r] += (s0 + s1) + (s2 + s3);
                 }
-                for (; i + 4 <= nc; i += 4) {
-                    s0 += chunk[(i + 0) * 256 + codes[i + 0]];
-                    s1 += chunk[(i + 1) * 256 + codes[i + 1]];
-                    s2 += chunk[(i + 2) * 256 + codes[i + 2]];
-                    s3 += chunk[(i + 3) * 256 + codes[i + 3]];
-                }
-                for (; i < nc; ++i) {
-                    s0 += chunk[i * 256 + codes[i]];
-                }
-                yt[r] += (s0 + s1) + (s2 + s3);
             }
-        }
-        for (int64_t r = r_begin; r < r_end; ++r) {
-            yt[r] *= GGML_CPU_FP16_TO_FP32(row_scale[r]);
+            for (int64_t r = 0; r < nrb; ++r) {
+                yt[rb + r] = acc[r] * GGML_CPU_FP16_TO_FP32(row_scale[rb + r]);
+            }
         }
     }
 }
