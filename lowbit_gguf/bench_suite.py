@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lowbit_gguf.errors import LowbitError
 
-UPSTREAM_TYPES = ("F16", "Q8_0", "Q4_K_M", "Q2_K", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
+UPSTREAM_TYPES = ("F16", "Q8_0", "Q4_K_M", "Q4_0", "Q2_K", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
 # types llama-quantize cannot make without an importance matrix; the others get it too when useful
 NO_IMATRIX = ("F16", "Q8_0")
 ROW_KEYS = ("name", "family", "bpw_linear", "bpw_file", "ppl", "kld", "tg128", "pp512", "quant_seconds")
@@ -33,6 +33,9 @@ ROW_KEYS = ("name", "family", "bpw_linear", "bpw_file", "ppl", "kld", "tg128", "
 class SuiteSettings:
     upstream_types: tuple[str, ...] = UPSTREAM_TYPES
     methods: tuple[tuple[str, str], ...] | None = None  # (method, config); None: every registered bench config
+    # GGUF files quantized beforehand (`lowbit-gguf quantize`, hours for some methods), measured alongside:
+    # (name, path)
+    added_files: tuple[tuple[str, str], ...] = ()
     calib_samples: int = 32  # calibration windows, for llama-imatrix and the project's quantizers alike
     calib_seq_len: int = 512
     ppl_ctx: int = 512
@@ -54,7 +57,7 @@ class BenchFile:
     name: str
     family: str
     path: Path
-    quant_seconds: float
+    quant_seconds: float | None  # None: not known (a file quantized elsewhere without the record)
     bpw_linear: float | None = None  # overrides the file's own count (methods without a GGUF type yet)
     row: dict = field(default_factory=dict)
 
@@ -105,8 +108,9 @@ def run_suite(out_dir: Path, settings: SuiteSettings = SuiteSettings(), model_di
     calib_txt.write_text(default_text("calibration"))
     eval_txt.write_text(default_text("evaluation"))
     methods = settings.methods if settings.methods is not None else registered_bench_configs()
+    n_files = len(settings.upstream_types) + len(methods) + len(settings.added_files)
     steps = (2 + len(settings.upstream_types) + len(methods)  # convert, imatrix, quantizations
-             + len(settings.upstream_types) + len(methods)  # perplexity
+             + n_files  # perplexity
              + settings.bench_rounds)
     bar = tqdm(total=steps, desc="bench suite", unit="step", disable=not progress)
 
@@ -141,6 +145,7 @@ def run_suite(out_dir: Path, settings: SuiteSettings = SuiteSettings(), model_di
     for method, config in methods:
         files.append(_quantize_with_method(model_dir, method, config, work, settings))
         step(f"{method} {config}")
+    files += [_added_file(name, Path(path)) for name, path in settings.added_files]
 
     _measure_quality(files, build, eval_txt, work, logs, settings, step)
     _measure_speed(files, build, logs, settings, step)
@@ -169,6 +174,21 @@ def _quantize_with_method(model_dir: Path, method: str, config: str, work: Path,
                                  seq_len=settings.calib_seq_len, progress=False)
     return BenchFile(f"{method} {config}", method, out, report.seconds,
                      bpw_linear=report.result.bits_per_weight())
+
+
+def _added_file(name: str, path: Path) -> BenchFile:
+    """A file quantized beforehand; its method and quantization time come from its lowbit_gguf.* metadata."""
+    import gguf
+
+    from lowbit_gguf.errors import BadGGUF
+
+    if not path.is_file():
+        raise BadGGUF(f"no such GGUF file: {path}")
+    reader = gguf.GGUFReader(path)
+    method = reader.get_field("lowbit_gguf.method")
+    seconds = reader.get_field("lowbit_gguf.quantize_seconds")
+    return BenchFile(name, method.contents() if method else "file", path,
+                     float(seconds.contents()) if seconds else None)
 
 
 def _measure_quality(files, build, eval_txt, work, logs, settings, step) -> None:
@@ -229,7 +249,7 @@ def _row(f: BenchFile) -> dict:
         "kld": round(f.row["kld"], 6),
         "tg128": f.row["tg128"],
         "pp512": f.row["pp512"],
-        "quant_seconds": round(f.quant_seconds, 1),
+        "quant_seconds": None if f.quant_seconds is None else round(f.quant_seconds, 1),
     }
     assert tuple(row) == ROW_KEYS
     return row
@@ -257,14 +277,17 @@ def format_markdown(rows: list[dict], stamp: dict) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        seconds = "-" if r["quant_seconds"] is None else f"{r['quant_seconds']:.0f}"
         lines.append(f"| {r['name']} | {r['family']} | {r['bpw_linear']:.3f} | {r['bpw_file']:.3f} | {r['ppl']:.3f} | "
-                     f"{r['kld']:.4f} | {r['tg128']:.1f} | {r['pp512']:.1f} | {r['quant_seconds']:.0f} |")
+                     f"{r['kld']:.4f} | {r['tg128']:.1f} | {r['pp512']:.1f} | {seconds} |")
     lines += [
         "",
         "bpw (linear) counts the transformer blocks' matmul weights; bpw (file) every tensor. Methods without a",
         "GGUF tensor type yet (rtn) are written as their F16 reference decode: their bpw (linear) is the method's",
         "own storage (codes + scales), their file size and speed are F16's. The reference model is SmolLM2 as",
         "shipped in Q4_1, dequantized: Q4_1's grid is exactly rtn w4g32's, so that row reproduces F16 losslessly.",
+        "Files added with --add-file were quantized beforehand with `lowbit-gguf quantize`; their quantize time",
+        "is the one recorded in the file.",
         "",
     ]
     return "\n".join(lines)

@@ -207,11 +207,22 @@ def bench(gguf_files, threads, n_prompt, n_gen, repetitions):
 @click.option("--quick", is_flag=True, help="Smoke run: three files, tiny budgets.")
 @click.option("--model", "model_dir", type=existing_dir, default=None, help="Default: SmolLM2-135M-Instruct.")
 @click.option("--keep-work", is_flag=True, help="Keep the GGUF files and tool logs in OUT/work.")
-def bench_suite(out_dir, quick, model_dir, keep_work):
+@click.option("--add-file", "added", multiple=True, metavar="NAME=PATH",
+              help="Also measure a GGUF quantized beforehand (e.g. aqlm-2x8=model-aqlm.gguf); repeatable.")
+def bench_suite(out_dir, quick, model_dir, keep_work, added):
     """Every method and llama.cpp's own low-bit types side by side: bits/weight, PPL, KLD, speed."""
+    from dataclasses import replace
+
     from lowbit_gguf.bench_suite import SuiteSettings, clean_work, run_suite
 
+    pairs = []
+    for item in added:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{item!r} is not NAME=PATH", param_hint="--add-file")
+        pairs.append((name, path))
     settings = SuiteSettings.quick() if quick else SuiteSettings()
+    settings = replace(settings, added_files=tuple(pairs))
     run_suite(out_dir, settings, model_dir)
     if not keep_work:
         clean_work(out_dir)

@@ -61,7 +61,8 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
             try:
                 packed = {name: spec.pack(r.payload, parsed) for name, r in result.layers.items()}
                 write_lowbit_gguf(f16, out, packed, {name: r.decoded for name, r in result.layers.items()},
-                                  {"method": method, "config": json.dumps(asdict(parsed))},
+                                  {"method": method, "config": json.dumps(asdict(parsed)),
+                                   "quantize_seconds": f"{time.time() - started:.1f}"},
                                   embedding_type=embedding_type, progress=progress)
             finally:
                 f16.unlink(missing_ok=True)

@@ -34,3 +34,31 @@ def test_markdown_lists_every_row():
              "settings": SuiteSettings().__dict__}
     text = format_markdown(rows, stamp)
     assert "| A | fam | 2.000 | 2.500 | 10.000 | 0.1000 | 50.0 | 300.0 | 12 |" in text
+
+
+def test_added_file_takes_method_and_time_from_metadata(tmp_path):
+    import gguf
+    import numpy as np
+
+    from lowbit_gguf.bench_suite import _added_file
+
+    path = tmp_path / "aqlm.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_string("lowbit_gguf.method", "aqlm")
+    writer.add_string("lowbit_gguf.quantize_seconds", "2514.5")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    added = _added_file("aqlm 2x8", path)
+    assert (added.family, added.quant_seconds) == ("aqlm", 2514.5)
+
+
+def test_add_file_needs_name_and_path():
+    from click.testing import CliRunner
+
+    from lowbit_gguf.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench-suite", "--add-file", "just-a-path.gguf"])
+    assert result.exit_code != 0 and "is not NAME=PATH" in result.output
