@@ -311,7 +311,7 @@ static int32_t lowbit_weight_make(struct lowbit_weight * lw, int32_t type, const
     if (!type_in_range(type) || !ggml_lowbit_is_type((enum ggml_type) type)) {
         return set_error("ggml type %d is not a lowbit-gguf type", type);
     }
-    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info((enum ggml_type) type);
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info((enum ggml_type) type);
     if (n_per_row <= 0 || n_rows <= 0 || n_per_row % info->block_size != 0) {
         return set_error("%s weights need rows of a positive multiple of %d values, got %lld x %lld", info->name,
                          info->block_size, (long long) n_rows, (long long) n_per_row);

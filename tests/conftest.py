@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,22 @@ def default_f16_gguf(default_model_dir, tmp_path_factory):
     from lowbit_gguf.gguf.convert import convert
 
     return convert(default_model_dir, tmp_path_factory.mktemp("gguf") / "smollm2-f16.gguf", "f16", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_aqlm(default_model_dir, tmp_path_factory):
+    """(GGUF, decoded HF checkpoint) of a 2-block Llama with hidden 128 quantized with AQLM 2x8."""
+    from lowbit_gguf.methods import get_method
+    from lowbit_gguf.quantize import quantize_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny-aqlm")
+    make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128)
+    config = replace(get_method("aqlm").parse_config("2x8"), max_rounds=1, adam_steps=5, kmeans_iters=4,
+                     beam_size=1, finetune_epochs=1)
+    report = quantize_checkpoint(folder / "float", "aqlm", config, folder / "aqlm.gguf", n_samples=4,
+                                 seq_len=64, save_decoded=folder / "decoded", embedding_type="f16",
+                                 progress=False)
+    return report.gguf, folder / "decoded"
 
 
 def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int = 0,

@@ -1,8 +1,6 @@
 """AQLM files in the patched runtime: a small Llama quantized end to end, against its Python reference
 decode in transformers, and malformed side tensors refused with a message."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -11,27 +9,9 @@ import gguf
 from lowbit_gguf.errors import BadGGUF
 from lowbit_gguf.gguf.write import _copy_metadata
 
-from conftest import make_tiny_llama
-
 pytestmark = [pytest.mark.runtime, pytest.mark.model]
 
 N_CTX = 128
-
-
-@pytest.fixture(scope="module")
-def tiny_aqlm(default_model_dir, tmp_path_factory):
-    """(GGUF, decoded HF checkpoint) of a 2-block Llama with hidden 128 quantized with AQLM 2x8."""
-    from lowbit_gguf.methods import get_method
-    from lowbit_gguf.quantize import quantize_checkpoint
-
-    folder = tmp_path_factory.mktemp("tiny-aqlm")
-    make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128)
-    config = replace(get_method("aqlm").parse_config("2x8"), max_rounds=1, adam_steps=5, kmeans_iters=4,
-                     beam_size=1, finetune_epochs=1)
-    report = quantize_checkpoint(folder / "float", "aqlm", config, folder / "aqlm.gguf", n_samples=4,
-                                 seq_len=64, save_decoded=folder / "decoded", embedding_type="f16",
-                                 progress=False)
-    return report.gguf, folder / "decoded"
 
 
 def test_file_holds_codes_and_side_tensors(tiny_aqlm):

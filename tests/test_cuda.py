@@ -1,4 +1,4 @@
-"""The CUDA build on a GPU: the same tiny model gives the same logits as on the CPU.
+"""The CUDA build on a GPU: the same tiny models (F32, AQLM) give the same logits as on the CPU.
 
 Skips where there is no GPU. The CUDA library runs in a child process: both builds' libllama share the
 soname libllama.so.0, so one process can hold only one of them."""
@@ -30,16 +30,61 @@ def test_cuda_logits_match_cpu(runtime_build, default_model_dir, tmp_path):
     build_runtime(BuildOptions(cuda=True), progress=False)
     make_tiny_llama(tmp_path / "hf", tokenizer_dir=default_model_dir, layers=2)
     path = convert(tmp_path / "hf", tmp_path / "tiny-f32.gguf", "f32", quiet=True)
-    tokens = np.arange(1000, 1040, dtype=np.int32)
+    cpu, gpu = cpu_and_gpu_logits(path, tmp_path)
+    for c, g in zip(cpu, gpu):
+        np.testing.assert_allclose(g, c, atol=2e-3 * np.abs(c).max(), rtol=1e-3)
+
+
+@pytest.mark.skipif(not gpu_present(), reason="no CUDA GPU on this machine")
+def test_cuda_aqlm_matches_cpu(tiny_aqlm, tmp_path):
+    """AQLM weights on the GPU: a 40-token prompt (decode + cuBLAS) and one more token (fused GEMV)."""
+    from lowbit_gguf.runtime.build import BuildOptions, build_runtime
+
+    build_runtime(BuildOptions(cuda=True), progress=False)
+    cpu, gpu = cpu_and_gpu_logits(tiny_aqlm[0], tmp_path)
+    for c, g in zip(cpu, gpu):
+        np.testing.assert_allclose(g, c, atol=2e-3 * np.abs(c).max(), rtol=1e-3)
+
+
+def cpu_and_gpu_logits(path, tmp_path):
+    """Logits of a 40-token prompt (all rows) and of one token after it, on the CPU and with every layer on
+    the GPU (in a child process, see above)."""
+    from lowbit_gguf.runtime.library import Model
+
+    prompt = np.arange(1000, 1040, dtype=np.int32)
     with Model(path, n_ctx=64, n_threads=2) as model:
-        cpu = model.eval(tokens)
+        cpu = [model.eval(prompt, all_logits=True), model.eval([1040], pos0=40)]
     script = textwrap.dedent(f"""
         import numpy as np
         from lowbit_gguf.runtime.build import BuildOptions
         from lowbit_gguf.runtime.library import Model
         with Model({str(path)!r}, n_ctx=64, n_gpu_layers=99, options=BuildOptions(cuda=True)) as model:
-            np.save({str(tmp_path / "cuda.npy")!r}, model.eval(np.arange(1000, 1040, dtype=np.int32)))
+            prompt = np.arange(1000, 1040, dtype=np.int32)
+            np.save({str(tmp_path / "prompt.npy")!r}, model.eval(prompt, all_logits=True))
+            np.save({str(tmp_path / "next.npy")!r}, model.eval([1040], pos0=40))
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
-    gpu = np.load(tmp_path / "cuda.npy")
-    np.testing.assert_allclose(gpu, cpu, atol=2e-3 * np.abs(cpu).max(), rtol=1e-3)
+    return cpu, [np.load(tmp_path / "prompt.npy"), np.load(tmp_path / "next.npy")]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
+def test_cuda_sources_compile_with_nvcc(runtime_build, tmp_path):
+    """The project's CUDA kernels and the patched ggml-cuda.cu compile for sm_90 (the patched tree of the
+    CPU build holds both; the full `runtime build --cuda` takes half an hour on 2 cores)."""
+    import os
+
+    from lowbit_gguf.runtime.build import find_pip_cublas
+
+    src = runtime_build.source_dir / "ggml"
+    env = dict(os.environ)
+    try:
+        cublas = find_pip_cublas()
+    except Exception as exc:  # no cuBLAS headers anywhere: the build could not compile either
+        pytest.skip(str(exc))
+    if cublas:
+        env["CPATH"] = str(cublas[0])
+    for name in ("lowbit.cu", "ggml-cuda.cu"):
+        proc = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-DGGML_CUDA_NO_VMM", "-I", src / "src",
+                               "-I", src / "include", "-c", src / "src" / "ggml-cuda" / name,
+                               "-o", tmp_path / (name + ".o")], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]

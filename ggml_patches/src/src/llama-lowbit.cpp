@@ -11,7 +11,7 @@
 
 void llama_lowbit_attach_sides(ggml_tensor * weight, const LLM_TN_IMPL & tn, const llama_model_loader & ml,
                                const llama_lowbit_create_fn & create) {
-    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info(weight->type);
+    const ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(weight->type);
     if (info == nullptr) {
         return;
     }

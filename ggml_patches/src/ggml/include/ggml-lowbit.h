@@ -33,7 +33,7 @@ struct ggml_lowbit_type_info {
 };
 
 // NULL when type is not a lowbit type
-GGML_API const struct ggml_lowbit_type_info * ggml_lowbit_type_info(enum ggml_type type);
+GGML_API const struct ggml_lowbit_type_info * ggml_lowbit_get_type_info(enum ggml_type type);
 GGML_API bool ggml_lowbit_is_type(enum ggml_type type);
 
 // Checks a weight's side tensors (types, shapes, contiguity) before anything indexes them with codes.

@@ -8,7 +8,7 @@
 
 #define N_LOWBIT_TYPES (sizeof(ggml_lowbit_type_table) / sizeof(ggml_lowbit_type_table[0]))
 
-const struct ggml_lowbit_type_info * ggml_lowbit_type_info(enum ggml_type type) {
+const struct ggml_lowbit_type_info * ggml_lowbit_get_type_info(enum ggml_type type) {
     for (size_t i = 0; i < N_LOWBIT_TYPES; ++i) {
         if (ggml_lowbit_type_table[i].type == type) {
             return &ggml_lowbit_type_table[i];
@@ -18,7 +18,7 @@ const struct ggml_lowbit_type_info * ggml_lowbit_type_info(enum ggml_type type) 
 }
 
 bool ggml_lowbit_is_type(enum ggml_type type) {
-    return ggml_lowbit_type_info(type) != NULL;
+    return ggml_lowbit_get_type_info(type) != NULL;
 }
 
 static bool check_side(const struct ggml_tensor * side, const char * suffix, enum ggml_type type,
@@ -48,7 +48,7 @@ static bool check_side(const struct ggml_tensor * side, const char * suffix, enu
 
 bool ggml_lowbit_check_sides(const struct ggml_tensor * weight, const struct ggml_tensor * const * sides,
                              char * err, size_t err_size) {
-    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info(weight->type);
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(weight->type);
     if (info == NULL) {
         snprintf(err, err_size, "%s is not a lowbit type", ggml_type_name(weight->type));
         return false;
@@ -107,7 +107,7 @@ static void aqlm_dequantize_rows(const struct ggml_lowbit_type_info * info, cons
 
 void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * codes, size_t row_bytes, int64_t n_per_row,
                                  int64_t row0, int64_t n_rows, const void * const * sides, float * out) {
-    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info(type);
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(type);
     GGML_ASSERT(info != NULL && info->block_size <= 64 && n_per_row % info->block_size == 0);
     switch (info->method) {
         case GGML_LOWBIT_METHOD_AQLM:
@@ -119,7 +119,7 @@ void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * codes, size_t
 }
 
 bool ggml_lowbit_validate_row_data(enum ggml_type type, const void * data, size_t nbytes) {
-    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info(type);
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(type);
     GGML_UNUSED(data);
     if (info == NULL || nbytes % info->type_size != 0) {
         fprintf(stderr, "%s: invalid size %zu for type %s\n", __func__, nbytes, ggml_type_name(type));

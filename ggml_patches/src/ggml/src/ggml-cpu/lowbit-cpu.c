@@ -59,7 +59,7 @@ static int64_t tile_floats_per_thread(int64_t n_per_row) {
 }
 
 size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) {
-    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info(dst->src[0]->type);
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(dst->src[0]->type);
     GGML_ASSERT(info != NULL);
     const int64_t n_per_row = dst->src[0]->ne[0];
     int64_t floats = n_threads * tile_floats_per_thread(n_per_row);
@@ -328,7 +328,7 @@ static void mul_mat_lut(const struct ggml_compute_params * params, struct ggml_t
 
 void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
     const struct ggml_tensor *           w    = dst->src[0];
-    const struct ggml_lowbit_type_info * info = ggml_lowbit_type_info(w->type);
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(w->type);
     GGML_ASSERT(info != NULL);
     GGML_ASSERT(dst->src[1]->type == GGML_TYPE_F32 && dst->src[1]->nb[0] == sizeof(float));
     GGML_ASSERT(dst->type == GGML_TYPE_F32 && dst->nb[0] == sizeof(float));
