@@ -1,0 +1,47 @@
+"""The Metal AQLM kernel's arithmetic, compiled as C++ through a small shim, against the Python decode."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from cffi import FFI
+
+from conftest import random_aqlm_payload
+from lowbit_gguf.runtime.build import PATCH_DIR
+
+SHIM = PATCH_DIR.parent / "tests" / "metal_shim"
+METAL_DIR = PATCH_DIR / "src" / "ggml" / "src" / "ggml-metal"
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler")
+    lib = tmp_path_factory.mktemp("metal") / "aqlm_shim.so"
+    subprocess.run(["c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-I", SHIM, "-I", METAL_DIR,
+                    SHIM / "aqlm_shim.cpp", "-o", lib], check=True)
+    ffi = FFI()
+    ffi.cdef("int shim_aqlm_gemv(int m, int b, const uint8_t * codes, const uint16_t * codebook, "
+             "const uint16_t * row_scale, const float * x, float * dst, int64_t n_rows, int64_t n_blocks, "
+             "uint64_t row_bytes);")
+    return ffi, ffi.dlopen(str(lib))
+
+
+@pytest.mark.parametrize("config_text", ["1x16", "2x8", "1x8"])
+def test_metal_gemv_arithmetic_matches_python(shim, config_text):
+    ffi, lib = shim
+    spec, config, payload = random_aqlm_payload(config_text, d_out=40, d_in=512)
+    packed = spec.pack(payload, config)
+    x = np.random.default_rng(1).standard_normal(512).astype(np.float32)
+    out = np.empty(40, dtype=np.float32)
+    codebook = np.ascontiguousarray(packed.sides["codebook"]).view(np.uint16)
+    scale = np.ascontiguousarray(packed.sides["row_scale"]).view(np.uint16)
+    rc = lib.shim_aqlm_gemv(config.num_codebooks, config.nbits, ffi.from_buffer(packed.codes),
+                            ffi.from_buffer("uint16_t[]", codebook), ffi.from_buffer("uint16_t[]", scale),
+                            ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out), 40, 64,
+                            packed.codes.shape[1])
+    assert rc == 0
+    w = spec.decode(payload, config).double().numpy()
+    want, magnitude = w @ x, np.abs(w) @ np.abs(x)
+    assert np.max(np.abs(out - want) / (magnitude + 1e-6)) < 1e-5
