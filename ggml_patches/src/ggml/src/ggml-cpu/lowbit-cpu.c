@@ -72,15 +72,17 @@ size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) 
     return (size_t) (floats + ALIGN_FLOATS) * sizeof(float);
 }
 
-// token t of x / dst (x and dst may be 2-, 3- or 4-d)
-static const float * token_in(const struct ggml_tensor * x, int64_t t) {
-    const int64_t i1 = t % x->ne[1], i2 = (t / x->ne[1]) % x->ne[2], i3 = t / (x->ne[1] * x->ne[2]);
-    return (const float *) ((const char *) x->data + i1 * x->nb[1] + i2 * x->nb[2] + i3 * x->nb[3]);
+// row of token t in x or dst (either may be 2-, 3- or 4-d)
+static float * token_row(const struct ggml_tensor * a, int64_t t) {
+    const int64_t i1 = t % a->ne[1], i2 = (t / a->ne[1]) % a->ne[2], i3 = t / (a->ne[1] * a->ne[2]);
+    return (float *) ((char *) a->data + i1 * a->nb[1] + i2 * a->nb[2] + i3 * a->nb[3]);
 }
 
-static float * token_out(struct ggml_tensor * dst, int64_t t) {
-    const int64_t i1 = t % dst->ne[1], i2 = (t / dst->ne[1]) % dst->ne[2], i3 = t / (dst->ne[1] * dst->ne[2]);
-    return (float *) ((char *) dst->data + i1 * dst->nb[1] + i2 * dst->nb[2] + i3 * dst->nb[3]);
+// this thread's share [*begin, *end) of n rows, in contiguous slices
+static void thread_rows(const struct ggml_compute_params * params, int64_t n, int64_t * begin, int64_t * end) {
+    const int64_t per_th = (n + params->nth - 1) / params->nth;
+    *begin = params->ith * per_th < n ? params->ith * per_th : n;
+    *end   = *begin + per_th < n ? *begin + per_th : n;
 }
 
 // ---- tile path ----
@@ -143,16 +145,15 @@ static void mul_mat_tiles(const struct ggml_compute_params * params, struct ggml
     const int64_t              n_per_row = w->ne[0];
     const int64_t              n_rows    = w->ne[1];
     const int64_t              n_tokens  = n_tokens_of(dst);
-    const int64_t              per_th    = (n_rows + params->nth - 1) / params->nth;
-    const int64_t              r_begin   = params->ith * per_th;
-    const int64_t              r_end     = r_begin + per_th < n_rows ? r_begin + per_th : n_rows;
+    int64_t                    r_begin, r_end;
+    thread_rows(params, n_rows, &r_begin, &r_end);
 
     for (int64_t r0 = r_begin; r0 < r_end; r0 += TILE_ROWS) {
         const int64_t nr = r_end - r0 < TILE_ROWS ? r_end - r0 : TILE_ROWS;
         decode_rows(params, w, info, sides, r0, nr, buf);
         for (int64_t t = 0; t < n_tokens; ++t) {
-            const float * xt = token_in(x, t);
-            float *       yt = token_out(dst, t);
+            const float * xt = token_row(x, t);
+            float *       yt = token_row(dst, t);
             for (int64_t r = 0; r < nr; ++r) {
                 if (params->use_ref) {
                     yt[r0 + r] = dot_scalar(buf + r * n_per_row, xt, n_per_row);
@@ -178,9 +179,8 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
     const int64_t n_per_row = w->ne[0];
     for (int64_t r0 = 0; r0 < w->ne[1]; r0 += SGEMM_ROWS) {
         const int64_t nr     = w->ne[1] - r0 < SGEMM_ROWS ? w->ne[1] - r0 : SGEMM_ROWS;
-        const int64_t per_th = (nr + params->nth - 1) / params->nth;
-        const int64_t a      = params->ith * per_th;
-        const int64_t b      = a + per_th < nr ? a + per_th : nr;
+        int64_t       a, b;
+        thread_rows(params, nr, &a, &b);
         if (a < b) {
             decode_rows(params, w, info, sides, r0 + a, b - a, buf + a * n_per_row);
         }
@@ -227,7 +227,7 @@ static void build_tables(const struct ggml_compute_params * params, struct ggml_
 
     for (int64_t p = params->ith; p < n_tokens * n_blocks; p += params->nth) {
         const int64_t t = p / n_blocks, b = p % n_blocks;
-        const float * xb = token_in(dst->src[1], t) + b * 8;
+        const float * xb = token_row(dst->src[1], t) + b * 8;
         for (int m = 0; m < M; ++m) {
             float *       out = lut + (p * M + m) * 256;
             const float * cb  = cb_t + m * 8 * 256;
@@ -270,13 +270,12 @@ static void mul_mat_lut(const struct ggml_compute_params * params, struct ggml_t
 
     build_tables(params, dst, info, (const ggml_fp16_t *) sides[0], cb_t, lut);
 
-    const int64_t per_th  = (n_rows + params->nth - 1) / params->nth;
-    const int64_t r_begin = params->ith * per_th;
-    const int64_t r_end   = r_begin + per_th < n_rows ? r_begin + per_th : n_rows;
+    int64_t       r_begin, r_end;
+    thread_rows(params, n_rows, &r_begin, &r_end);
     const int64_t n_codes = n_blocks * M;
     for (int64_t t = 0; t < n_tokens; ++t) {
         const float * table = lut + t * n_codes * 256;  // [n_blocks][M][256]
-        float *       yt    = token_out(dst, t);
+        float *       yt    = token_row(dst, t);
         // Blocks of LUT_ROW_BLOCK rows (their codes, ~10 KiB, stay in L1), and within a block LUT_CHUNK codes
         // at a time over its rows (their 16 KiB of tables stay in L1 too).
         for (int64_t rb = r_begin; rb < r_end; rb += LUT_ROW_BLOCK) {

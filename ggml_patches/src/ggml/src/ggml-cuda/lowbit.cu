@@ -117,15 +117,11 @@ static void aqlm_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * sr
         const dim3   block(WARP_SIZE, 4);
         const dim3   grid((n_rows + block.y - 1) / block.y);
         const size_t cb_bytes = (size_t) M * (1 << B) * 8 * sizeof(half);
-        if (cb_bytes <= SHARED_CODEBOOK_BYTES) {
-            aqlm_gemv<M, B, true><<<grid, block, cb_bytes, stream>>>(
-                codes, src0->nb[1], codebook, row_scale, (const float *) src1->data, src1->nb[1] / sizeof(float),
-                (float *) dst->data, dst->nb[1] / sizeof(float), n_rows, n_blocks, (int) n_tokens);
-        } else {
-            aqlm_gemv<M, B, false><<<grid, block, 0, stream>>>(
-                codes, src0->nb[1], codebook, row_scale, (const float *) src1->data, src1->nb[1] / sizeof(float),
-                (float *) dst->data, dst->nb[1] / sizeof(float), n_rows, n_blocks, (int) n_tokens);
-        }
+        const bool   shared   = cb_bytes <= SHARED_CODEBOOK_BYTES;
+        auto *       gemv     = shared ? aqlm_gemv<M, B, true> : aqlm_gemv<M, B, false>;
+        gemv<<<grid, block, shared ? cb_bytes : 0, stream>>>(
+            codes, src0->nb[1], codebook, row_scale, (const float *) src1->data, src1->nb[1] / sizeof(float),
+            (float *) dst->data, dst->nb[1] / sizeof(float), n_rows, n_blocks, (int) n_tokens);
         CUDA_CHECK(cudaGetLastError());
         return;
     }
