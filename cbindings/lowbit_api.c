@@ -349,7 +349,8 @@ static int32_t lowbit_weight_make(struct lowbit_weight * lw, int32_t type, const
         sides[i] = lw->w->src[i] = side;
     }
     char err[256];
-    if (!ggml_lowbit_check_sides(lw->w, sides, err, sizeof(err))) {
+    if (!ggml_lowbit_check_sides(lw->w, sides, err, sizeof(err)) ||
+        !ggml_lowbit_check_side_data(lw->w, sides, err, sizeof(err))) {
         ggml_free(lw->ctx);
         return set_error("%s", err);
     }

@@ -100,17 +100,27 @@ def _run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size:
 
 
 @torch.no_grad()
-def collect_hessians(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int) -> dict[str, torch.Tensor]:
-    """H = X^T X / n_tokens in float64 for the input X of every linear layer of the block."""
+def collect_input_statistics(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int,
+                             statistic: str) -> dict[str, torch.Tensor]:
+    """For the input X [n_tokens, d_in] of every linear layer of the block: "hessian": H = X^T X / n_tokens
+    in float64; "absmax": max |X| per input channel."""
+    if statistic not in ("hessian", "absmax"):
+        raise ValueError(f"unknown input statistic {statistic!r}")
     linears = block_linears(block)
-    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64, device=hidden.device)
-            for name, m in linears.items()}
+    if statistic == "hessian":
+        stats = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64, device=hidden.device)
+                 for name, m in linears.items()}
+    else:
+        stats = {name: torch.zeros(m.in_features, device=hidden.device) for name, m in linears.items()}
     counts = dict.fromkeys(linears, 0)
 
     def make_hook(name):
         def hook(module, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()  # [n_tokens, d_in]
-            sums[name].addmm_(x.T, x)
+            x = args[0].reshape(-1, args[0].shape[-1])  # [n_tokens, d_in]
+            if statistic == "hessian":
+                stats[name].addmm_(x.T.double(), x.double())
+            else:
+                torch.maximum(stats[name], x.abs().amax(0).float(), out=stats[name])
             counts[name] += x.shape[0]
         return hook
 
@@ -120,7 +130,9 @@ def collect_hessians(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch
     finally:
         for h in handles:
             h.remove()
-    return {name: sums[name] / counts[name] for name in linears}
+    if statistic == "hessian":
+        return {name: stats[name] / counts[name] for name in linears}
+    return stats
 
 
 @dataclass
@@ -165,16 +177,20 @@ class Checkpoint:
         return n
 
     def save_block(self, i: int, layers: dict[str, QuantizedLinear], hidden: torch.Tensor,
-                   others: dict[str, torch.Tensor]) -> None:
+                   others: dict[str, torch.Tensor], float_hidden: torch.Tensor | None = None) -> None:
         saved = {name: {"payload": r.payload, "bpw": r.bits_per_weight} for name, r in layers.items()}
         _atomic_save({"linears": saved, "others": others}, self.block_path(i))
-        _atomic_save({"after_block": i, "hidden": hidden.cpu()}, self.folder / "hidden.pt")
+        _atomic_save({"after_block": i, "hidden": hidden.cpu(),
+                      "float_hidden": None if float_hidden is None else float_hidden.cpu()},
+                     self.folder / "hidden.pt")
 
     def load_block(self, i: int) -> dict:
         return torch.load(self.block_path(i), weights_only=True)
 
-    def load_hidden(self) -> torch.Tensor:
-        return torch.load(self.folder / "hidden.pt", weights_only=True)["hidden"]
+    def load_hidden(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The activations after the last saved block: the quantized model's and the float model's."""
+        saved = torch.load(self.folder / "hidden.pt", weights_only=True)
+        return saved["hidden"], saved.get("float_hidden")
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -205,40 +221,45 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
 
     hidden, kwargs = capture_block_inputs(model, calib_tokens)
     kwargs = _to(kwargs, device)
+    # The float model's own activations, for methods that train towards them.
+    float_hidden = hidden.clone() if method.wants_float_targets else None
     if done:
         for i in range(done):
             _restore_block(blocks[i], f"model.layers.{i}", checkpoint.load_block(i), method, config, result)
-        hidden = checkpoint.load_hidden()
+        hidden, float_hidden = checkpoint.load_hidden()
     hidden = hidden.to(device)
+    float_hidden = float_hidden.to(device) if float_hidden is not None else None
 
     bar = tqdm(total=len(blocks), initial=done, desc=f"quantizing ({method.name})", unit="block",
                disable=not progress)
     for i in range(done, len(blocks)):
         block = blocks[i].to(device)
         linears = block_linears(block)
-        hessians = (collect_hessians(block, hidden, kwargs, batch_size) if method.uses_hessian
-                    else dict.fromkeys(linears))
+        statistics = (collect_input_statistics(block, hidden, kwargs, batch_size, method.input_statistic)
+                      if method.input_statistic else dict.fromkeys(linears))
         targets = _run_block(block, hidden, kwargs, batch_size) if method.finetune_block else None
+        float_targets = _run_block(block, float_hidden, kwargs, batch_size) if float_hidden is not None else None
         block_results = {}
         for name, linear in linears.items():
             full = f"model.layers.{i}.{name}"
             _check_finite(full, linear.weight, "the weight")
-            if hessians[name] is not None:
-                _check_finite(full, hessians[name], "the calibration Hessian")
-            q = method.quantize(linear.weight.data, hessians[name], config)
+            if statistics[name] is not None:
+                _check_finite(full, statistics[name], "the calibration statistic")
+            q = method.quantize(linear.weight.data, statistics[name], config)
             _check_finite(full, q.decoded, "the quantized decode")
             linear.weight.data.copy_(q.decoded.to(linear.weight.dtype))
             block_results[full] = q
         if method.finetune_block:
             local = {name: block_results[f"model.layers.{i}.{name}"] for name in linears}
-            method.finetune_block(block, local, hidden, targets, kwargs, config)
+            method.finetune_block(block, local, hidden, targets, kwargs, config, float_targets)
             for name, linear in linears.items():
                 linear.weight.data.copy_(local[name].decoded.to(linear.weight.dtype))
             del targets
         hidden = _run_block(block, hidden, kwargs, batch_size)
+        float_hidden = float_targets
         blocks[i] = block.to("cpu")
         if checkpoint:
-            checkpoint.save_block(i, block_results, hidden, other_parameters(block))
+            checkpoint.save_block(i, block_results, hidden, other_parameters(block), float_hidden)
         result.layers.update(block_results)
         bar.update(1)
     bar.close()

@@ -88,3 +88,18 @@ def random_aqlm_payload(config_text, d_out=24, d_in=64, seed=0):
     }
     payload["codes"] = payload["codes"].to(torch.int16 if config.nbits <= 15 else torch.int32)
     return spec, config, payload
+
+
+def random_ptq161_payload(d_out=24, d_in=96, ratio=0.2, seed=0):
+    """(spec, config, payload) of a PTQ1.61 weight quantized from random weights and activations, with its
+    trainable scales moved away from their start (r1, r2 != 1) so every stored parameter matters."""
+    from lowbit_gguf.methods import get_method
+
+    spec = get_method("ptq161")
+    config = spec.config_type(salient_ratio=ratio)
+    g = torch.Generator().manual_seed(seed)
+    q = spec.quantize(torch.randn(d_out, d_in, generator=g), torch.rand(d_in, generator=g), config)
+    payload = q.payload
+    payload["r1"] = 1 + 0.3 * torch.randn(d_out, generator=g)
+    payload["r2"] = 1 + 0.3 * torch.randn(payload["r2"].shape, generator=g)
+    return spec, config, payload

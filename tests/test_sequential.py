@@ -124,14 +124,14 @@ def test_nan_weight_is_a_clear_error(tiny):
 def test_methods_that_ignore_the_hessian_are_not_given_one(tiny):
     model, tokens = tiny
     spec = get_method("rtn")
-    assert spec.uses_hessian is False
+    assert spec.input_statistic is None
     received = []
 
     def record(weight, hessian, cfg):
         received.append(hessian)
         return spec.quantize(weight, hessian, cfg)
 
-    quantize_model(model, tokens, MethodSpec("rec", spec.config_type, record, spec.decode, "", uses_hessian=False),
+    quantize_model(model, tokens, MethodSpec("rec", spec.config_type, record, spec.decode, "", input_statistic=None),
                    spec.parse_config("w4g32"), progress=False)
     assert len(received) == 21 and all(h is None for h in received)
 
@@ -141,13 +141,13 @@ def test_resume_restores_parameters_changed_by_block_finetuning(tmp_path):
     rtn = get_method("rtn")
     config = rtn.parse_config("w4g32")
 
-    def bump_norms(block, results, inputs, targets, kwargs, cfg):
+    def bump_norms(block, results, inputs, targets, kwargs, cfg, float_targets):
         assert targets.shape == inputs.shape
         for name, p in block.named_parameters():
             if "norm" in name:
                 p.data.mul_(1.25)
 
-    spec = MethodSpec("tuned", rtn.config_type, rtn.quantize, rtn.decode, "", uses_hessian=False,
+    spec = MethodSpec("tuned", rtn.config_type, rtn.quantize, rtn.decode, "", input_statistic=None,
                       finetune_block=bump_norms)
     full_model = make_tiny_llama(tmp_path / "a", layers=3)
     quantize_model(full_model, tokens, spec, config, progress=False)
@@ -163,7 +163,7 @@ def test_resume_restores_parameters_changed_by_block_finetuning(tmp_path):
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
         quantize_model(make_tiny_llama(tmp_path / "b", layers=3), tokens,
-                       MethodSpec("tuned", rtn.config_type, flaky, rtn.decode, "", uses_hessian=False,
+                       MethodSpec("tuned", rtn.config_type, flaky, rtn.decode, "", input_statistic=None,
                                   finetune_block=bump_norms), config, checkpoint_dir=ckpt, progress=False)
     resumed = make_tiny_llama(tmp_path / "c", layers=3)
     quantize_model(resumed, tokens, spec, config, checkpoint_dir=ckpt, progress=False)

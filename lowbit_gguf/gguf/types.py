@@ -2,6 +2,7 @@
 
 A weight of one of these types holds only codes; the tables it needs to decode them are side tensors in
 the same file, named from the weight (`blk.0.attn_q.weight` -> `blk.0.attn_q.codebook`, `.row_scale`).
+Ids 200-209 are AQLM's, 210-219 PTQ1.61's.
 Type ids start at 200, far above upstream ggml's (43 types today) and ik_llama.cpp's (137 and up), so a
 future upstream type does not collide.
 
@@ -23,7 +24,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Side tensor suffixes. `.scale` is taken: upstream loads `blk.N.X.scale` as a per-tensor [1] multiplier.
 CODEBOOK = "codebook"
 ROW_SCALE = "row_scale"
-PER_ROW_SIDES = frozenset({ROW_SCALE})  # one entry per output row: they follow a row permutation
+# PTQ1.61: which input channels are salient, the salient codes that do not fit in the weight's row,
+# per-row [binary scale, binary offset, salient scale, salient min], per-input-channel binary scale.
+SALIENT_MASK = "salient_mask"
+SALIENT_SPILL = "salient_spill"
+ROW_PARAMS = "row_params"
+COL_SCALE = "col_scale"
+N_ROW_PARAMS = 4
+# one entry per output row: they follow a row permutation
+PER_ROW_SIDES = frozenset({ROW_SCALE, SALIENT_SPILL, ROW_PARAMS})
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,12 @@ class LowbitType:
     def ggml_enum(self) -> str:
         return f"GGML_TYPE_LOWBIT_{self.name}"
 
-    def side_shapes(self, d_out: int) -> dict[str, tuple[int, ...]]:
-        """numpy shapes of the side tensors of a [d_out, d_in] weight (ggml's ne is the reverse)."""
+    def side_shapes(self, d_out: int, d_in: int, n_salient: int = 0) -> dict[str, tuple[int, ...]]:
+        """numpy shapes of the side tensors of a [d_out, d_in] weight (ggml's ne is the reverse);
+        PTQ1.61's depend on its number of salient input channels."""
+        if self.method == "ptq161":
+            return {SALIENT_MASK: (d_in // 8,), SALIENT_SPILL: (d_out, 3 * n_salient // 8),
+                    ROW_PARAMS: (d_out, N_ROW_PARAMS), COL_SCALE: (d_in,)}
         return {CODEBOOK: (self.num_codebooks, self.codebook_size, self.block_size), ROW_SCALE: (d_out,)}
 
 
@@ -58,10 +71,19 @@ def _aqlm(name: str, type_id: int, m: int, b: int) -> LowbitType:
                                   f"{2**b}, times an f16 row scale")
 
 
+# PTQ1.61's weight row holds one bit per input channel, in gathered order (salient channels first, then
+# the rest, each ascending): the sign bits of the binarized channels, then the first n_salient / 8 bytes
+# of the salient channels' 4-bit codes; their other 3 * n_salient / 8 bytes spill into a side tensor.
+PTQ161 = LowbitType(name="PTQ161", type_id=FIRST_ID + 10, method="ptq161", block_size=8, type_size=1,
+                    num_codebooks=0, code_bits=0, sides=(SALIENT_MASK, SALIENT_SPILL, ROW_PARAMS, COL_SCALE),
+                    description="PTQ1.61: salient input channels 4-bit per row, the rest signs with row and "
+                                "column scales; 1 bit per weight here, 3 more per salient weight in a side tensor")
+
 LOWBIT_TYPES: tuple[LowbitType, ...] = (
     _aqlm("AQLM_1X16", FIRST_ID + 0, 1, 16),
     _aqlm("AQLM_2X8", FIRST_ID + 1, 2, 8),
     _aqlm("AQLM_1X8", FIRST_ID + 2, 1, 8),
+    PTQ161,
 )
 BY_NAME = {t.name: t for t in LOWBIT_TYPES}
 BY_ID = {t.type_id: t for t in LOWBIT_TYPES}

@@ -1,7 +1,9 @@
 """The registry of quantization methods. Each method lives in its own module and registers itself.
 
 A method is two functions around one config dataclass:
-  quantize(weight [d_out, d_in], hessian [d_in, d_in] or None, config) -> QuantizedLinear
+  quantize(weight [d_out, d_in], statistic, config) -> QuantizedLinear
+    statistic: what MethodSpec.input_statistic asks of the layer's calibration inputs X [n, d_in]:
+    "hessian": H = X^T X / n [d_in, d_in]; "absmax": max |X| per input channel [d_in]; None: nothing
   decode(payload, config) -> the exact float reference decode [d_out, d_in]
 The sequential driver (lowbit_gguf.sequential) calls quantize layer by layer; GGUF packing and the C
 kernels consume the payload, and the tests hold decode as the ground truth for both.
@@ -31,12 +33,15 @@ class MethodSpec:
     quantize: Callable[[torch.Tensor, torch.Tensor, object], QuantizedLinear]
     decode: Callable[[dict[str, torch.Tensor], object], torch.Tensor]
     description: str
-    uses_hessian: bool = True  # False: the driver skips collecting H and passes None
+    input_statistic: str | None = "hessian"  # "hessian", "absmax" or None (see above)
     bench_configs: tuple[str, ...] = ()  # the configs `lowbit-gguf bench-suite` compares
     # After a block's linears are quantized: tune the block against its float outputs, updating the
     # results (payload and decoded) and the block's other parameters in place.
-    # finetune_block(block, results by module name in the block, inputs, float targets, block kwargs, config)
+    # finetune_block(block, results by module name in the block, inputs, targets, block kwargs, config,
+    #                float_targets): targets = the float block on the (quantized) inputs; float_targets = the
+    #                float block on the float model's own activations, tracked only when wants_float_targets.
     finetune_block: Callable | None = None
+    wants_float_targets: bool = False
     # payload -> PackedWeight (lowbit_gguf.gguf.write): the weight in the method's GGUF tensor type.
     # None: the GGUF carries the reference decode in F16.
     pack: Callable | None = None
@@ -71,4 +76,4 @@ def available_methods() -> list[str]:
 
 
 def _load_builtin_methods() -> None:
-    from lowbit_gguf.methods import aqlm, identity, rtn  # noqa: F401  (registration happens on import)
+    from lowbit_gguf.methods import aqlm, identity, ptq161, rtn  # noqa: F401  (registration happens on import)

@@ -197,7 +197,7 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: AQLMConfig) ->
 
 
 def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Tensor, targets: torch.Tensor,
-                   kwargs: dict, config: AQLMConfig) -> None:
+                   kwargs: dict, config: AQLMConfig, float_targets=None) -> None:
     """Adam on every linear's codebooks and scales and on the block's norms, codes fixed, minimising the
     relative MSE between the quantized block's outputs and the float block's (targets)."""
     if config.finetune_epochs <= 0:

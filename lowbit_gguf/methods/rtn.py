@@ -65,4 +65,4 @@ def decode(payload: dict[str, torch.Tensor], config: RTNConfig) -> torch.Tensor:
 
 
 register(MethodSpec("rtn", RTNConfig, quantize, decode, "round-to-nearest baseline (w<bits>g<group>)",
-                   uses_hessian=False, bench_configs=("w4g32", "w3g32", "w2g32")))
+                   input_statistic=None, bench_configs=("w4g32", "w3g32", "w2g32")))

@@ -200,7 +200,7 @@ def _lowbit_args(weight) -> tuple[list, list]:
     return args, [codes, sides, side_types, side_ne]
 
 
-_GGML_DTYPES = {"<f4": 0, "<f2": 1}  # numpy dtype -> ggml type id (F32, F16)
+_GGML_DTYPES = {"<f4": 0, "<f2": 1, "|i1": 24}  # numpy dtype -> ggml type id (F32, F16, I8)
 
 
 def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, reference: bool = False,

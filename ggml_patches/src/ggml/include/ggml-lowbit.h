@@ -15,8 +15,18 @@ extern "C" {
 #endif
 
 enum ggml_lowbit_method {
-    GGML_LOWBIT_METHOD_AQLM = 1,
+    GGML_LOWBIT_METHOD_AQLM   = 1,
+    GGML_LOWBIT_METHOD_PTQ161 = 2,
 };
+
+// PTQ1.61 side tensors, in src[] order
+enum ggml_lowbit_ptq161_side {
+    GGML_LOWBIT_PTQ161_MASK       = 0,  // i8 [d_in / 8]: bit c % 8 of byte c / 8 set = input channel c is salient
+    GGML_LOWBIT_PTQ161_SPILL      = 1,  // i8 [d_out][3 n_salient / 8]: the salient codes the row has no room for
+    GGML_LOWBIT_PTQ161_ROW_PARAMS = 2,  // f16 [d_out][4]: binary scale, binary offset, salient scale, salient min
+    GGML_LOWBIT_PTQ161_COL_SCALE  = 3,  // f16 [d_in]: binary channel scale (unused on salient channels)
+};
+#define GGML_LOWBIT_PTQ161_ROW_PARAMS_N 4
 
 #define GGML_LOWBIT_MAX_SIDES 4
 
@@ -41,13 +51,22 @@ GGML_API bool ggml_lowbit_is_type(enum ggml_type type);
 GGML_API bool ggml_lowbit_check_sides(const struct ggml_tensor * weight, const struct ggml_tensor * const * sides,
                                       char * err, size_t err_size);
 
+// Checks what the side tensors' shapes cannot show, reading their data (host memory): PTQ1.61's mask must
+// mark exactly as many salient channels as its spill tensor has room for. True for the other types.
+GGML_API bool ggml_lowbit_check_side_data(const struct ggml_tensor * weight, const struct ggml_tensor * const * sides,
+                                          char * err, size_t err_size);
+
+// PTQ1.61: the number of salient input channels, from the spill tensor's width (checked by check_sides)
+GGML_API int64_t ggml_lowbit_ptq161_n_salient(const struct ggml_tensor * spill);
+
 // Plain C reference decode of rows [row0, row0 + n_rows) of a weight with n_per_row columns, whose rows
-// start at codes (row0's codes first, rows row_bytes apart). sides as in the table, data pointers.
+// start at codes (row0's codes first, rows row_bytes apart). sides as in the table, data pointers, already
+// checked (check_sides, check_side_data).
 GGML_API void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * codes, size_t row_bytes,
                                           int64_t n_per_row, int64_t row0, int64_t n_rows,
                                           const void * const * sides, float * out);
 
-// ggml_validate_row_data for the lowbit types (codes of 8 or 16 bits cannot be out of range)
+// ggml_validate_row_data for the lowbit types (codes of 8 or 16 bits and sign bits cannot be out of range)
 GGML_API bool ggml_lowbit_validate_row_data(enum ggml_type type, const void * data, size_t nbytes);
 
 #ifdef __cplusplus

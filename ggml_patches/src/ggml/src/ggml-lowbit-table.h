@@ -7,4 +7,5 @@ static const struct ggml_lowbit_type_info ggml_lowbit_type_table[] = {
     { GGML_TYPE_LOWBIT_AQLM_1X16, "aqlm_1x16", GGML_LOWBIT_METHOD_AQLM, 8, 2, 1, 16, 2, { "codebook", "row_scale" } },
     { GGML_TYPE_LOWBIT_AQLM_2X8, "aqlm_2x8", GGML_LOWBIT_METHOD_AQLM, 8, 2, 2, 8, 2, { "codebook", "row_scale" } },
     { GGML_TYPE_LOWBIT_AQLM_1X8, "aqlm_1x8", GGML_LOWBIT_METHOD_AQLM, 8, 1, 1, 8, 2, { "codebook", "row_scale" } },
+    { GGML_TYPE_LOWBIT_PTQ161, "ptq161", GGML_LOWBIT_METHOD_PTQ161, 8, 1, 0, 0, 4, { "salient_mask", "salient_spill", "row_params", "col_scale" } },
 };

@@ -66,9 +66,57 @@ bool ggml_lowbit_check_sides(const struct ggml_tensor * weight, const struct ggm
             return check_side(sides[0], info->sides[0], GGML_TYPE_F16, codebook_ne, err, err_size) &&
                    check_side(sides[1], info->sides[1], GGML_TYPE_F16, scale_ne, err, err_size);
         }
+        case GGML_LOWBIT_METHOD_PTQ161: {
+            const int64_t d_in = weight->ne[0], d_out = weight->ne[1];
+            const struct ggml_tensor * spill = sides[GGML_LOWBIT_PTQ161_SPILL];
+            // the spill width (3 n_salient / 8 bytes) sets n_salient: a multiple of 8, leaving >= 8 binary channels
+            const int64_t spill_bytes = spill != NULL ? spill->ne[0] : 0;
+            if (spill != NULL && (spill_bytes % 3 != 0 || spill_bytes < 3 || spill_bytes / 3 * 8 > d_in - 8)) {
+                snprintf(err, err_size, "side tensor '%s' is %lld bytes wide; expected 3 * n_salient / 8 with "
+                         "8 <= n_salient <= %lld", spill->name, (long long) spill_bytes, (long long) (d_in - 8));
+                return false;
+            }
+            const int64_t mask_ne[4]   = { d_in / 8, 1, 1, 1 };
+            const int64_t spill_ne[4]  = { spill_bytes, d_out, 1, 1 };
+            const int64_t params_ne[4] = { GGML_LOWBIT_PTQ161_ROW_PARAMS_N, d_out, 1, 1 };
+            const int64_t col_ne[4]    = { d_in, 1, 1, 1 };
+            return check_side(sides[0], info->sides[0], GGML_TYPE_I8, mask_ne, err, err_size) &&
+                   check_side(sides[1], info->sides[1], GGML_TYPE_I8, spill_ne, err, err_size) &&
+                   check_side(sides[2], info->sides[2], GGML_TYPE_F16, params_ne, err, err_size) &&
+                   check_side(sides[3], info->sides[3], GGML_TYPE_F16, col_ne, err, err_size);
+        }
     }
     snprintf(err, err_size, "no side tensor rule for %s", info->name);
     return false;
+}
+
+int64_t ggml_lowbit_ptq161_n_salient(const struct ggml_tensor * spill) {
+    return spill->ne[0] / 3 * 8;
+}
+
+static int64_t count_set_bits(const uint8_t * bytes, int64_t n) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        count += __builtin_popcount(bytes[i]);
+    }
+    return count;
+}
+
+bool ggml_lowbit_check_side_data(const struct ggml_tensor * weight, const struct ggml_tensor * const * sides,
+                                 char * err, size_t err_size) {
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(weight->type);
+    if (info == NULL || info->method != GGML_LOWBIT_METHOD_PTQ161) {
+        return info != NULL;
+    }
+    const struct ggml_tensor * mask  = sides[GGML_LOWBIT_PTQ161_MASK];
+    const int64_t              n_sal = ggml_lowbit_ptq161_n_salient(sides[GGML_LOWBIT_PTQ161_SPILL]);
+    const int64_t              set   = count_set_bits((const uint8_t *) mask->data, mask->ne[0]);
+    if (set != n_sal) {
+        snprintf(err, err_size, "side tensor '%s' marks %lld salient channels, but '%s' holds codes for %lld",
+                 mask->name, (long long) set, sides[GGML_LOWBIT_PTQ161_SPILL]->name, (long long) n_sal);
+        return false;
+    }
+    return true;
 }
 
 // code m of block b in a row: little-endian, B bits each (B = 8 or 16)
@@ -105,6 +153,39 @@ static void aqlm_dequantize_rows(const struct ggml_lowbit_type_info * info, cons
     }
 }
 
+// PTQ1.61: walk the channels in their original order; the k-th salient one is 4-bit code k of the row's
+// salient codes, the j-th other one is sign bit j (layout: lowbit_gguf/methods/ptq161.py, pack).
+static void ptq161_dequantize_rows(const uint8_t * codes, size_t row_bytes, int64_t n_per_row, int64_t row0,
+                                   int64_t n_rows, const void * const * sides, float * out) {
+    const uint8_t *     mask       = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_MASK];
+    const int64_t       n_sal      = count_set_bits(mask, n_per_row / 8);
+    const int64_t       spill_row  = 3 * n_sal / 8;
+    const int64_t       sign_bytes = (n_per_row - n_sal) / 8;
+    const ggml_fp16_t * params     = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_ROW_PARAMS];
+    const ggml_fp16_t * col_scale  = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_COL_SCALE];
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const uint8_t *     row   = codes + r * row_bytes;
+        const uint8_t *     spill = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_SPILL] + (row0 + r) * spill_row;
+        const ggml_fp16_t * p     = params + (row0 + r) * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
+        const float a = ggml_fp16_to_fp32(p[0]), m = ggml_fp16_to_fp32(p[1]);
+        const float scale = ggml_fp16_to_fp32(p[2]), lo = ggml_fp16_to_fp32(p[3]);
+        int64_t     k = 0, j = 0;
+        for (int64_t c = 0; c < n_per_row; ++c) {
+            if (mask[c / 8] >> (c % 8) & 1) {
+                const int64_t byte = sign_bytes + k / 2;  // in the salient code stream, row then spill
+                const int     pair = byte < (int64_t) row_bytes ? row[byte] : spill[byte - (int64_t) row_bytes];
+                const int     q    = k % 2 ? pair >> 4 : pair & 15;
+                out[r * n_per_row + c] = scale * (float) q + lo;
+                ++k;
+            } else {
+                const float sign = (row[j / 8] >> (j % 8) & 1) ? 1.0f : -1.0f;
+                out[r * n_per_row + c] = ggml_fp16_to_fp32(col_scale[c]) * (a * sign + m);
+                ++j;
+            }
+        }
+    }
+}
+
 void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * codes, size_t row_bytes, int64_t n_per_row,
                                  int64_t row0, int64_t n_rows, const void * const * sides, float * out) {
     const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(type);
@@ -113,6 +194,9 @@ void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * codes, size_t
         case GGML_LOWBIT_METHOD_AQLM:
             aqlm_dequantize_rows(info, (const uint8_t *) codes, row_bytes, n_per_row, row0, n_rows,
                                  (const ggml_fp16_t *) sides[0], (const ggml_fp16_t *) sides[1], out);
+            return;
+        case GGML_LOWBIT_METHOD_PTQ161:
+            ptq161_dequantize_rows((const uint8_t *) codes, row_bytes, n_per_row, row0, n_rows, sides, out);
             return;
     }
     GGML_ABORT("no decode for %s", info->name);
@@ -125,6 +209,7 @@ bool ggml_lowbit_validate_row_data(enum ggml_type type, const void * data, size_
         fprintf(stderr, "%s: invalid size %zu for type %s\n", __func__, nbytes, ggml_type_name(type));
         return false;
     }
-    // AQLM codes of B = 8 or 16 bits address every entry of a 2^B codebook: any bit pattern is valid.
+    // AQLM codes of B = 8 or 16 bits address every entry of a 2^B codebook, PTQ1.61's bytes are sign bits and
+    // 4-bit codes: any bit pattern is valid. (PTQ1.61's mask is checked against its spill: check_side_data.)
     return true;
 }

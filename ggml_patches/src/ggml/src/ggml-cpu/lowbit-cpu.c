@@ -1,9 +1,14 @@
 // CPU MUL_MAT for the lowbit-gguf types.
 //
 // Three paths:
-//  - look-up table (AQLM with 8-bit codes, a few tokens: decode): for every token, input group b and
-//    codebook m, the products <codebook[m][k], x[b*8 : b*8+8]> for all 256 k are computed once; an output
-//    row is then a sum of M gathers per group, one per code, times the row scale. Rows split over threads.
+//  - look-up table (a few tokens: decode). Both methods store each row as bytes that index one 256-entry
+//    table per byte position, built once per token; a row's dot product is then one gather per byte.
+//    AQLM with 8-bit codes: the table of code m of group b holds <codebook[m][k], x[b*8 : b*8+8]> for all
+//    256 k; the row sum is times the row scale. PTQ1.61: the input is first gathered into the row's channel
+//    order (salient channels first); a sign byte's table holds the sums of every subset of its 8 (column
+//    scaled) inputs, a salient byte's the products of its two 4-bit codes with their 2 inputs; with the
+//    per-token sums of the inputs, the row's scales and offsets finish the dot product, no multiply per
+//    weight. Rows split over threads.
 //  - prompts (SGEMM_MIN_TOKENS and more): SGEMM_ROWS rows at a time are decoded to f32 by all threads, then
 //    multiplied with all tokens by ggml's own llamafile sgemm (all threads together).
 //  - tiles (everything else): TILE_ROWS rows are decoded to f32 and dotted with every token.
@@ -43,15 +48,18 @@ static int64_t n_tokens_of(const struct ggml_tensor * dst) {
 }
 
 static bool takes_lut_path(const struct ggml_lowbit_type_info * info, int64_t n_tokens, bool use_ref) {
-    return !use_ref && info->method == GGML_LOWBIT_METHOD_AQLM && info->code_bits == 8 && info->block_size == 8 &&
-           n_tokens <= LUT_MAX_TOKENS;
+    const bool aqlm8 = info->method == GGML_LOWBIT_METHOD_AQLM && info->code_bits == 8 && info->block_size == 8;
+    return !use_ref && (aqlm8 || info->method == GGML_LOWBIT_METHOD_PTQ161) && n_tokens <= LUT_MAX_TOKENS;
 }
 
-// floats: transposed codebooks [M][8][256], then tables [n_tokens][n_blocks][M][256]
-static int64_t lut_floats(const struct ggml_lowbit_type_info * info, int64_t n_per_row, int64_t n_tokens) {
-    const int64_t K = (int64_t) 1 << info->code_bits;
-    return align_floats(info->num_codebooks * info->block_size * K) +
-           n_tokens * (n_per_row / info->block_size) * info->num_codebooks * K;
+static int64_t ptq161_lut_floats(const struct ggml_tensor * w, int64_t n_tokens);
+
+// AQLM: transposed codebooks [M][8][256], then tables [n_tokens][n_blocks][M][256]
+static int64_t lut_floats(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * w, int64_t n_tokens) {
+    if (info->method == GGML_LOWBIT_METHOD_PTQ161) {
+        return ptq161_lut_floats(w, n_tokens);
+    }
+    return align_floats(info->num_codebooks * 8 * 256) + n_tokens * (w->ne[0] / 8) * info->num_codebooks * 256;
 }
 
 static int64_t tile_floats_per_thread(int64_t n_per_row) {
@@ -66,7 +74,7 @@ size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) 
     const int64_t sgemm = SGEMM_ROWS * n_per_row;
     floats = sgemm > floats ? sgemm : floats;
     if (takes_lut_path(info, n_tokens_of(dst), false)) {
-        const int64_t lut = lut_floats(info, n_per_row, n_tokens_of(dst));
+        const int64_t lut = lut_floats(info, dst->src[0], n_tokens_of(dst));
         floats = lut > floats ? lut : floats;
     }
     return (size_t) (floats + ALIGN_FLOATS) * sizeof(float);
@@ -173,7 +181,8 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
 #ifdef GGML_USE_LLAMAFILE
     const struct ggml_tensor * w = dst->src[0];
     const struct ggml_tensor * x = dst->src[1];
-    if (params->use_ref || x->ne[2] * x->ne[3] != 1 || dst->ne[2] * dst->ne[3] != 1) {
+    // sgemm takes row counts that are multiples of 4: every chunk's count is when the weight's is
+    if (params->use_ref || x->ne[2] * x->ne[3] != 1 || dst->ne[2] * dst->ne[3] != 1 || w->ne[1] % 4 != 0) {
         return false;
     }
     const int64_t n_per_row = w->ne[0];
@@ -189,7 +198,7 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
         if (!llamafile_sgemm(params, nr, x->ne[1], n_per_row, buf, n_per_row, x->data, x->nb[1] / sizeof(float),
                              (char *) dst->data + r0 * sizeof(float), dst->nb[1] / sizeof(float), GGML_TYPE_F32,
                              GGML_TYPE_F32, GGML_TYPE_F32)) {
-            GGML_ASSERT(r0 == 0);  // the shapes decide, so the first chunk answers for all
+            GGML_ASSERT(r0 == 0);  // the shapes decide (k, chunk rows % 4), so the first chunk answers for all
             return false;
         }
     }
@@ -204,16 +213,76 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
 #endif
 }
 
-// ---- look-up table path (AQLM, 8-bit codes, groups of 8) ----
+// ---- look-up table path ----
 
-static void build_tables(const struct ggml_compute_params * params, struct ggml_tensor * dst,
-                         const struct ggml_lowbit_type_info * info, const ggml_fp16_t * codebook, float * cb_t,
-                         float * lut) {
+// acc[r] += sum over c < n_codes of tables[c][codes[r * stride + c]] for n_rows rows. Codes LUT_CHUNK at a
+// time over all rows, so the chunk's tables (16 KiB) stay in L1; prefetch_rows: how many rows after these
+// the caller will read next (their codes are asked for early).
+static void lut_accumulate(const uint8_t * codes, size_t stride, int64_t n_rows, int64_t n_codes,
+                           const float * tables, int64_t prefetch_rows, float * acc) {
+    for (int64_t c0 = 0; c0 < n_codes; c0 += LUT_CHUNK) {
+        const float * chunk = tables + c0 * 256;
+        const int64_t nc    = n_codes - c0 < LUT_CHUNK ? n_codes - c0 : LUT_CHUNK;
+        for (int64_t r = 0; r < n_rows; ++r) {
+            const uint8_t * row = codes + r * stride + c0;
+            if (c0 == 0 && r < prefetch_rows) {
+                // codes stream from memory block after block of rows: ask for the next block early
+                const char * next = (const char *) row + n_rows * stride;
+                for (size_t off = 0; off < (size_t) n_codes; off += 64) {
+                    __builtin_prefetch(next + off);
+                }
+            }
+            float   s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;  // partial sums break the add chain
+            int64_t i  = 0;
+            if (nc == LUT_CHUNK) {
+                // codes as two 64-bit words: one load per 8 codes instead of one per code
+                uint64_t lo, hi;
+                memcpy(&lo, row, 8);
+                memcpy(&hi, row + 8, 8);
+                for (int k = 0; k < 8; k += 4, lo >>= 32, hi >>= 32) {
+                    s0 += chunk[(k + 0) * 256 + (lo & 255)];
+                    s1 += chunk[(k + 1) * 256 + ((lo >> 8) & 255)];
+                    s2 += chunk[(k + 2) * 256 + ((lo >> 16) & 255)];
+                    s3 += chunk[(k + 3) * 256 + ((lo >> 24) & 255)];
+                    s0 += chunk[(k + 8) * 256 + (hi & 255)];
+                    s1 += chunk[(k + 9) * 256 + ((hi >> 8) & 255)];
+                    s2 += chunk[(k + 10) * 256 + ((hi >> 16) & 255)];
+                    s3 += chunk[(k + 11) * 256 + ((hi >> 24) & 255)];
+                }
+                i = nc;
+            }
+            for (; i < nc; ++i) {
+                s0 += chunk[i * 256 + row[i]];
+            }
+            acc[r] += (s0 + s1) + (s2 + s3);
+        }
+    }
+}
+
+// table[16 h + l] = high[h] + low[l]: both PTQ1.61 tables split a byte into its two nibbles
+static void table_from_nibbles(const float low[16], const float high[16], float * table) {
+    for (int h = 0; h < 16; ++h) {
+#ifdef LOWBIT_AVX2
+        const __m256 hv = _mm256_set1_ps(high[h]);
+        _mm256_storeu_ps(table + 16 * h, _mm256_add_ps(hv, _mm256_loadu_ps(low)));
+        _mm256_storeu_ps(table + 16 * h + 8, _mm256_add_ps(hv, _mm256_loadu_ps(low + 8)));
+#else
+        for (int l = 0; l < 16; ++l) {
+            table[16 * h + l] = high[h] + low[l];
+        }
+#endif
+    }
+}
+
+// AQLM: tables [n_tokens][n_blocks][M][256] from codebooks transposed to [M][8][256] (cb_t)
+static void aqlm_build_tables(const struct ggml_compute_params * params, struct ggml_tensor * dst,
+                              const struct ggml_lowbit_type_info * info, const ggml_fp16_t * codebook, float * cb_t,
+                              float * lut) {
     const int     M        = info->num_codebooks;
     const int64_t n_blocks = dst->src[0]->ne[0] / 8;
     const int64_t n_tokens = n_tokens_of(dst);
 
-    // codebooks transposed to [M][8][256] so a table row is 8 multiply-adds over 256 contiguous floats
+    // codebooks transposed so a table row is 8 multiply-adds over 256 contiguous floats
     if (params->ith == 0) {
         for (int m = 0; m < M; ++m) {
             for (int k = 0; k < 256; ++k) {
@@ -257,69 +326,145 @@ static void build_tables(const struct ggml_compute_params * params, struct ggml_
     ggml_barrier(params->threadpool);
 }
 
-static void mul_mat_lut(const struct ggml_compute_params * params, struct ggml_tensor * dst,
-                        const struct ggml_lowbit_type_info * info, const void * const * sides, float * work) {
+static void aqlm_mul_mat_lut(const struct ggml_compute_params * params, struct ggml_tensor * dst,
+                             const struct ggml_lowbit_type_info * info, const void * const * sides, float * work) {
     const struct ggml_tensor * w         = dst->src[0];
-    const int                  M         = info->num_codebooks;
-    const int64_t              n_blocks  = w->ne[0] / 8;
+    const int64_t              n_codes   = w->ne[0] / 8 * info->num_codebooks;  // per row, one byte each
     const int64_t              n_rows    = w->ne[1];
-    const int64_t              n_tokens  = n_tokens_of(dst);
     const ggml_fp16_t *        row_scale = (const ggml_fp16_t *) sides[1];
     float *                    cb_t      = work;
-    float *                    lut       = work + align_floats(M * 8 * 256);
+    float *                    lut       = work + align_floats(info->num_codebooks * 8 * 256);
 
-    build_tables(params, dst, info, (const ggml_fp16_t *) sides[0], cb_t, lut);
+    aqlm_build_tables(params, dst, info, (const ggml_fp16_t *) sides[0], cb_t, lut);
 
-    int64_t       r_begin, r_end;
+    int64_t r_begin, r_end;
     thread_rows(params, n_rows, &r_begin, &r_end);
-    const int64_t n_codes = n_blocks * M;
-    for (int64_t t = 0; t < n_tokens; ++t) {
-        const float * table = lut + t * n_codes * 256;  // [n_blocks][M][256]
-        float *       yt    = token_row(dst, t);
-        // Blocks of LUT_ROW_BLOCK rows (their codes, ~10 KiB, stay in L1), and within a block LUT_CHUNK codes
-        // at a time over its rows (their 16 KiB of tables stay in L1 too).
+    for (int64_t t = 0; t < n_tokens_of(dst); ++t) {
+        float * yt = token_row(dst, t);
+        // blocks of LUT_ROW_BLOCK rows: their codes (~10 KiB) stay in L1 while the chunks pass over them
         for (int64_t rb = r_begin; rb < r_end; rb += LUT_ROW_BLOCK) {
             const int64_t nrb = r_end - rb < LUT_ROW_BLOCK ? r_end - rb : LUT_ROW_BLOCK;
             float         acc[LUT_ROW_BLOCK] = { 0.0f };
-            for (int64_t c0 = 0; c0 < n_codes; c0 += LUT_CHUNK) {
-                const float * chunk = table + c0 * 256;
-                const int64_t nc    = n_codes - c0 < LUT_CHUNK ? n_codes - c0 : LUT_CHUNK;
-                for (int64_t r = 0; r < nrb; ++r) {
-                    const uint8_t * codes = (const uint8_t *) w->data + (rb + r) * w->nb[1] + c0;  // [n_blocks][M]
-                    if (c0 == 0 && rb + LUT_ROW_BLOCK + r < r_end) {
-                        // codes stream from memory row block after row block: ask for the next one early
-                        const char * next = (const char *) codes + LUT_ROW_BLOCK * w->nb[1];
-                        for (size_t off = 0; off < w->nb[1]; off += 64) {
-                            __builtin_prefetch(next + off);
-                        }
-                    }
-                    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;  // partial sums break the add chain
-                    int64_t i = 0;
-                    if (nc == LUT_CHUNK) {
-                        // codes as two 64-bit words: one load per 8 codes instead of one per code
-                        uint64_t lo, hi;
-                        memcpy(&lo, codes, 8);
-                        memcpy(&hi, codes + 8, 8);
-                        for (int k = 0; k < 8; k += 4, lo >>= 32, hi >>= 32) {
-                            s0 += chunk[(k + 0) * 256 + (lo & 255)];
-                            s1 += chunk[(k + 1) * 256 + ((lo >> 8) & 255)];
-                            s2 += chunk[(k + 2) * 256 + ((lo >> 16) & 255)];
-                            s3 += chunk[(k + 3) * 256 + ((lo >> 24) & 255)];
-                            s0 += chunk[(k + 8) * 256 + (hi & 255)];
-                            s1 += chunk[(k + 9) * 256 + ((hi >> 8) & 255)];
-                            s2 += chunk[(k + 10) * 256 + ((hi >> 16) & 255)];
-                            s3 += chunk[(k + 11) * 256 + ((hi >> 24) & 255)];
-                        }
-                        i = nc;
-                    }
-                    for (; i < nc; ++i) {
-                        s0 += chunk[i * 256 + codes[i]];
-                    }
-                    acc[r] += (s0 + s1) + (s2 + s3);
-                }
-            }
+            lut_accumulate((const uint8_t *) w->data + rb * w->nb[1], w->nb[1], nrb, n_codes,
+                           lut + t * n_codes * 256, r_end - rb - nrb, acc);
             for (int64_t r = 0; r < nrb; ++r) {
                 yt[rb + r] = acc[r] * GGML_CPU_FP16_TO_FP32(row_scale[rb + r]);
+            }
+        }
+    }
+}
+
+// PTQ1.61 work: per token the gathered input [d_in] and its two sums, then the tables [n_bytes][256]
+struct ptq161_layout {
+    int64_t n_sal, sign_bytes, sal_bytes_in_row, spill_bytes;  // per row
+    int64_t n_bytes;                                           // table positions: sign, then salient bytes
+    int64_t token_floats;                                      // gathered input + 2 sums, aligned
+};
+
+static struct ptq161_layout ptq161_layout_of(const struct ggml_tensor * w) {
+    struct ptq161_layout l;
+    const int64_t        d_in = w->ne[0];
+    l.n_sal                   = ggml_lowbit_ptq161_n_salient(w->src[GGML_LOWBIT_PTQ161_SPILL]);
+    l.sign_bytes              = (d_in - l.n_sal) / 8;
+    l.sal_bytes_in_row        = l.n_sal / 8;
+    l.spill_bytes             = 3 * l.n_sal / 8;
+    l.n_bytes                 = l.sign_bytes + l.n_sal / 2;
+    l.token_floats            = align_floats(d_in + 2);
+    return l;
+}
+
+static int64_t ptq161_lut_floats(const struct ggml_tensor * w, int64_t n_tokens) {
+    const struct ptq161_layout l = ptq161_layout_of(w);
+    return n_tokens * (l.token_floats + l.n_bytes * 256);
+}
+
+static void ptq161_build_tables(const struct ggml_compute_params * params, struct ggml_tensor * dst,
+                                const void * const * sides, const struct ptq161_layout * l, float * work) {
+    const int64_t       d_in      = dst->src[0]->ne[0];
+    const int64_t       n_tokens  = n_tokens_of(dst);
+    const uint8_t *     mask      = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_MASK];
+    const ggml_fp16_t * col_scale = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_COL_SCALE];
+    float *             tables    = work + n_tokens * l->token_floats;
+
+    // the input in the row's channel order: salient ones as they are, the others times their column scale
+    for (int64_t t = params->ith; t < n_tokens; t += params->nth) {
+        const float * x   = token_row(dst->src[1], t);
+        float *       g   = work + t * l->token_floats;
+        float *       bin = g + l->n_sal;
+        float         sum_sal = 0.0f, sum_bin = 0.0f;
+        int64_t       k = 0, j = 0;
+        for (int64_t c = 0; c < d_in; ++c) {
+            if (mask[c / 8] >> (c % 8) & 1) {
+                g[k++] = x[c];
+                sum_sal += x[c];
+            } else {
+                bin[j] = x[c] * GGML_CPU_FP16_TO_FP32(col_scale[c]);
+                sum_bin += bin[j++];
+            }
+        }
+        g[d_in]     = sum_bin;
+        g[d_in + 1] = sum_sal;
+    }
+    ggml_barrier(params->threadpool);
+
+    for (int64_t p = params->ith; p < n_tokens * l->n_bytes; p += params->nth) {
+        const int64_t t = p / l->n_bytes, b = p % l->n_bytes;
+        const float * g = work + t * l->token_floats;
+        float         low[16], high[16];
+        if (b < l->sign_bytes) {  // sums of the subsets of 8 inputs: bit i set adds input i
+            const float * xb = g + l->n_sal + b * 8;
+            for (int v = 0; v < 16; ++v) {
+                low[v]  = ((v & 1) ? xb[0] : 0.0f) + ((v & 2) ? xb[1] : 0.0f) + ((v & 4) ? xb[2] : 0.0f) +
+                          ((v & 8) ? xb[3] : 0.0f);
+                high[v] = ((v & 1) ? xb[4] : 0.0f) + ((v & 2) ? xb[5] : 0.0f) + ((v & 4) ? xb[6] : 0.0f) +
+                          ((v & 8) ? xb[7] : 0.0f);
+            }
+        } else {  // two salient 4-bit codes, low nibble first, times their inputs
+            const float * xs = g + 2 * (b - l->sign_bytes);
+            for (int v = 0; v < 16; ++v) {
+                low[v]  = (float) v * xs[0];
+                high[v] = (float) v * xs[1];
+            }
+        }
+        table_from_nibbles(low, high, tables + p * 256);
+    }
+    ggml_barrier(params->threadpool);
+}
+
+static void ptq161_mul_mat_lut(const struct ggml_compute_params * params, struct ggml_tensor * dst,
+                               const void * const * sides, float * work) {
+    const struct ggml_tensor * w        = dst->src[0];
+    const struct ptq161_layout l        = ptq161_layout_of(w);
+    const int64_t              d_in     = w->ne[0];
+    const int64_t              n_tokens = n_tokens_of(dst);
+    const uint8_t *            spill    = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_SPILL];
+    const ggml_fp16_t *        rp       = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_ROW_PARAMS];
+
+    ptq161_build_tables(params, dst, sides, &l, work);
+
+    int64_t r_begin, r_end;
+    thread_rows(params, w->ne[1], &r_begin, &r_end);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const float * g       = work + t * l.token_floats;
+        const float * tables  = work + n_tokens * l.token_floats + t * l.n_bytes * 256;
+        const float   sum_bin = g[d_in], sum_sal = g[d_in + 1];
+        float *       yt      = token_row(dst, t);
+        for (int64_t rb = r_begin; rb < r_end; rb += LUT_ROW_BLOCK) {
+            const int64_t   nrb  = r_end - rb < LUT_ROW_BLOCK ? r_end - rb : LUT_ROW_BLOCK;
+            const uint8_t * rows = (const uint8_t *) w->data + rb * w->nb[1];
+            float           pos[LUT_ROW_BLOCK] = { 0.0f };  // sums of the inputs whose sign bit is set
+            float           sal[LUT_ROW_BLOCK] = { 0.0f };  // salient codes . inputs
+            lut_accumulate(rows, w->nb[1], nrb, l.sign_bytes, tables, r_end - rb - nrb, pos);
+            lut_accumulate(rows + l.sign_bytes, w->nb[1], nrb, l.sal_bytes_in_row, tables + l.sign_bytes * 256, 0,
+                           sal);
+            lut_accumulate(spill + rb * l.spill_bytes, l.spill_bytes, nrb, l.spill_bytes,
+                           tables + (l.sign_bytes + l.sal_bytes_in_row) * 256, 0, sal);
+            for (int64_t r = 0; r < nrb; ++r) {
+                const ggml_fp16_t * p = rp + (rb + r) * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
+                // sum of sign * input = 2 * (inputs with the bit set) - all of them
+                yt[rb + r] = GGML_CPU_FP16_TO_FP32(p[0]) * (2.0f * pos[r] - sum_bin) +
+                             GGML_CPU_FP16_TO_FP32(p[1]) * sum_bin + GGML_CPU_FP16_TO_FP32(p[2]) * sal[r] +
+                             GGML_CPU_FP16_TO_FP32(p[3]) * sum_sal;
             }
         }
     }
@@ -336,7 +481,8 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
     // The loader checked the side tensors with a message for the user; a graph built by other code
     // gets the same check before any code indexes a codebook.
     char err[256];
-    if (!ggml_lowbit_check_sides(w, (const struct ggml_tensor * const *) w->src, err, sizeof(err))) {
+    if (!ggml_lowbit_check_sides(w, (const struct ggml_tensor * const *) w->src, err, sizeof(err)) ||
+        !ggml_lowbit_check_side_data(w, (const struct ggml_tensor * const *) w->src, err, sizeof(err))) {
         GGML_ABORT("%s: %s", w->name, err);
     }
     const void * sides[GGML_LOWBIT_MAX_SIDES] = { NULL };
@@ -347,7 +493,11 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
     float * work = (float *) GGML_PAD((uintptr_t) params->wdata, ALIGN_FLOATS * sizeof(float));
     GGML_ASSERT(params->wsize >= ggml_lowbit_cpu_work_size(dst, params->nth));
     if (takes_lut_path(info, n_tokens_of(dst), params->use_ref)) {
-        mul_mat_lut(params, dst, info, sides, work);
+        if (info->method == GGML_LOWBIT_METHOD_PTQ161) {
+            ptq161_mul_mat_lut(params, dst, sides, work);
+        } else {
+            aqlm_mul_mat_lut(params, dst, info, sides, work);
+        }
     } else if (n_tokens_of(dst) >= SGEMM_MIN_TOKENS && mul_mat_sgemm(params, dst, info, sides, work)) {
         return;
     } else {

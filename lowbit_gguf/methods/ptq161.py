@@ -1,0 +1,220 @@
+"""PTQ1.61 (Zhao et al., 2025): a salient-channel mask, 4-bit salient weights, the rest binarized.
+
+A one-dimensional mask over input channels, chosen from calibration activations (the input channels with
+the largest max |x|, salient_ratio of them), splits a weight W [d_out, d_in]:
+  - salient channels: 4-bit asymmetric round-to-nearest per output row, W^ = scale_i q + min_i;
+  - the other channels: W^ = r1_i r2_j (alpha_i sign(W - mu_i) + mu_i), mu_i and alpha_i the mean and mean
+    absolute deviation of the row's non-salient entries (sign(0) = +1), r1 per row and r2 per input channel.
+After all linears of a block are quantized, alpha, r1 and r2 (mu frozen, signs and salient codes fixed) are
+trained with AdamW so the quantized block matches the float block: on the float model's own activations and
+on the quantized model's (the float block applied to the quantized input), each term an MSE minus the log of
+the cosine similarity.
+
+Stored (and decoded) per row: a = r1 alpha, m = r1 mu, scale, min (f16); per input channel r2 (f16); the
+mask as one bit per input channel. In GGUF the weight is the PTQ161 tensor type (lowbit_gguf.gguf.types):
+the row holds the sign bits, then the salient codes, in gathered channel order (salient channels first);
+the runtime gathers each input vector into that order once per matmul, which costs d_in loads against
+d_out * d_in weights, so the mask needs no change to the graph.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
+
+SALIENT_BITS = 4
+SALIENT_LEVELS = 2**SALIENT_BITS - 1
+
+
+@dataclass(frozen=True)
+class PTQ161Config:
+    salient_ratio: float = 0.2  # fraction of input channels kept in 4 bits (rounded to a multiple of 8)
+    epochs: int = 4  # block training passes over the calibration set (0: off)
+    lr: float = 2e-3
+    batch: int = 4  # calibration sequences per training step
+    weight_decay: float = 0.0  # AdamW's; r1 and r2 start at 1, so decay towards 0 would be a bias
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.salient_ratio < 1:
+            raise ValueError(f"PTQ1.61 salient ratio must be between 0 and 1, got {self.salient_ratio}")
+        if self.epochs < 0 or self.batch < 1 or self.lr <= 0:
+            raise ValueError(f"invalid PTQ1.61 config {self}")
+
+    @classmethod
+    def parse(cls, text: str) -> PTQ161Config:
+        """'s20': 20% salient input channels."""
+        m = re.fullmatch(r"s(\d+(?:\.\d+)?)", text.strip().lower())
+        if not m:
+            raise ValueError(f"PTQ1.61 config {text!r} is not of the form s<salient percent>, e.g. s20")
+        return cls(salient_ratio=float(m.group(1)) / 100)
+
+
+def n_salient(d_in: int, ratio: float) -> int:
+    """Salient channels of a layer: ratio of d_in rounded to a multiple of 8 (whole bytes in the row),
+    at least 8 and leaving at least 8 to binarize."""
+    if d_in % 8 or d_in < 16:
+        raise ValueError(f"PTQ1.61 needs an input size that is a multiple of 8 and at least 16, got {d_in}")
+    return min(max(8 * round(ratio * d_in / 8), 8), d_in - 8)
+
+
+def bits_per_weight(d_out: int, d_in: int, n_sal: int) -> float:
+    codes = d_out * (d_in + (SALIENT_BITS - 1) * n_sal)  # 1 bit per weight + 3 more per salient weight
+    row_params = d_out * 4 * 16
+    column = d_in * 16 + d_in  # r2 in f16, the mask
+    return (codes + row_params + column) / (d_out * d_in)
+
+
+def assemble(mask, salient_codes, signs, a, m, scale, lo, col) -> torch.Tensor:
+    """W^ [d_out, d_in] from its parts; differentiable in a, m and col (the trained parameters)."""
+    d_out = signs.shape[0]
+    binary = col[None, :] * (a[:, None] * (2 * signs.float() - 1) + m[:, None])
+    salient = scale[:, None] * salient_codes.float() + lo[:, None]
+    out = torch.empty(d_out, mask.numel(), dtype=binary.dtype)
+    out[:, mask] = salient
+    out[:, ~mask] = binary
+    return out
+
+
+def stored_row_params(payload: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[d_out, 4] f16: binary scale a = r1 alpha, binary offset m = r1 mu, salient scale, salient min."""
+    r1 = payload["r1"].float()
+    return torch.stack([r1 * payload["alpha"].float(), r1 * payload["mu"].float(),
+                        payload["salient_scale"].float(), payload["salient_min"].float()], 1).half()
+
+
+def stored_col_scale(payload: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[d_in] f16: r2 on the binarized channels, 1 on the salient ones (unused there)."""
+    col = torch.ones(payload["mask"].numel())
+    col[~payload["mask"]] = payload["r2"].float()
+    return col.half()
+
+
+def decode(payload: dict[str, torch.Tensor], config: PTQ161Config | None = None) -> torch.Tensor:
+    a, m, scale, lo = stored_row_params(payload).float().unbind(1)
+    col = stored_col_scale(payload).float()[~payload["mask"]]
+    return assemble(payload["mask"], payload["salient_codes"], payload["signs"], a, m, scale, lo, col)
+
+
+def quantize(weight: torch.Tensor, input_absmax: torch.Tensor | None, config: PTQ161Config) -> QuantizedLinear:
+    if input_absmax is None:
+        raise ValueError("PTQ1.61 picks salient channels from calibration activations (max |x| per channel)")
+    w = weight.detach().float()
+    d_out, d_in = w.shape
+    n_sal = n_salient(d_in, config.salient_ratio)
+    mask = torch.zeros(d_in, dtype=torch.bool)
+    mask[torch.argsort(input_absmax.float(), descending=True, stable=True)[:n_sal]] = True
+
+    ws = w[:, mask]  # [d_out, n_sal]
+    lo, hi = ws.amin(1), ws.amax(1)
+    scale = ((hi - lo) / SALIENT_LEVELS).clamp_min(1e-12)  # a constant row gets codes 0 and decodes to lo
+    codes = torch.round((ws - lo[:, None]) / scale[:, None]).clamp_(0, SALIENT_LEVELS).to(torch.uint8)
+
+    wb = w[:, ~mask]  # [d_out, d_in - n_sal]
+    mu = wb.mean(1)
+    alpha = (wb - mu[:, None]).abs().mean(1)
+    payload = {
+        "mask": mask,
+        "salient_codes": codes,
+        "signs": wb >= mu[:, None],  # sign(0) = +1
+        "salient_scale": scale.half(),
+        "salient_min": lo.half(),
+        "mu": mu,  # frozen
+        "alpha": alpha,  # trained, with r1 and r2
+        "r1": torch.ones(d_out),
+        "r2": torch.ones(d_in - n_sal),
+    }
+    return QuantizedLinear(payload, decode(payload, config), bits_per_weight(d_out, d_in, n_sal))
+
+
+def _block_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE (relative to the target's power) minus the log of the mean per-token cosine similarity."""
+    mse = (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
+    cos = torch.nn.functional.cosine_similarity(out, target, dim=-1).mean()
+    return mse - torch.log(cos.clamp_min(1e-6))
+
+
+def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Tensor, targets: torch.Tensor,
+                   kwargs: dict, config: PTQ161Config, float_targets: torch.Tensor | None = None) -> None:
+    """AdamW on every linear's alpha, r1 and r2 (signs, salient codes and mu fixed), against the float
+    block's outputs on the float activations (float_targets) and on the quantized ones (targets)."""
+    if config.epochs <= 0:
+        return
+    from torch.func import functional_call
+
+    from lowbit_gguf.sequential import batch_kwargs
+
+    trainable = {name: {k: r.payload[k].float().clone().requires_grad_(True) for k in ("alpha", "r1", "r2")}
+                 for name, r in results.items()}
+    opt = torch.optim.AdamW([t for entry in trainable.values() for t in entry.values()], lr=config.lr,
+                            weight_decay=config.weight_decay)
+    n_seq = inputs.shape[0]
+    gen = torch.Generator().manual_seed(config.seed)
+
+    def weights():
+        out = {}
+        for name, t in trainable.items():
+            p = results[name].payload
+            r1 = t["r1"]
+            out[f"{name}.weight"] = assemble(p["mask"], p["salient_codes"], p["signs"], r1 * t["alpha"],
+                                             r1 * p["mu"], p["salient_scale"].float(), p["salient_min"].float(),
+                                             t["r2"])
+        return out
+
+    with torch.enable_grad():
+        for _ in range(config.epochs):
+            starts = list(range(0, n_seq, config.batch))
+            for start in (starts[k] for k in torch.randperm(len(starts), generator=gen).tolist()):
+                stop = min(start + config.batch, n_seq)
+                out = functional_call(block, weights(), (inputs[start:stop],),
+                                      batch_kwargs(kwargs, start, stop, n_seq))
+                out = out[0] if isinstance(out, tuple) else out
+                loss = _block_loss(out, targets[start:stop])
+                if float_targets is not None:
+                    loss = loss + _block_loss(out, float_targets[start:stop])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    for name, t in trainable.items():
+        payload = results[name].payload
+        for k, v in t.items():
+            payload[k] = v.detach()
+        results[name].decoded = decode(payload, config)
+
+
+def pack(payload: dict[str, torch.Tensor], config: PTQ161Config | None = None):
+    """The payload in the PTQ161 type. Channels in gathered order (salient first, then the rest, each
+    ascending); a row's bytes: sign bits of the binarized channels (bit j % 8 of byte j / 8, 1 = +1), then
+    the salient 4-bit codes two per byte (low nibble first). The row keeps d_in / 8 bytes; the last
+    3 * n_salient / 8 bytes of the codes spill into the salient_spill side tensor."""
+    from lowbit_gguf.gguf.types import COL_SCALE, PTQ161, ROW_PARAMS, SALIENT_MASK, SALIENT_SPILL
+    from lowbit_gguf.gguf.write import PackedWeight
+
+    mask = payload["mask"].numpy()
+    signs = payload["signs"].numpy()
+    codes = payload["salient_codes"].numpy().astype(np.uint8)
+    d_out, d_in = signs.shape[0], mask.size
+    sign_bytes = np.packbits(signs, axis=1, bitorder="little")  # [d_out, (d_in - n_sal) / 8]
+    nibble_bytes = codes[:, 0::2] | (codes[:, 1::2] << 4)  # [d_out, n_sal / 2]
+    stream = np.concatenate([sign_bytes, nibble_bytes], axis=1)
+    return PackedWeight(
+        PTQ161,
+        codes=np.ascontiguousarray(stream[:, : d_in // 8]),
+        sides={SALIENT_MASK: np.packbits(mask, bitorder="little").view(np.int8),
+               SALIENT_SPILL: np.ascontiguousarray(stream[:, d_in // 8:]).view(np.int8),
+               ROW_PARAMS: stored_row_params(payload).numpy(),
+               COL_SCALE: stored_col_scale(payload).numpy()},
+        n_per_row=d_in,
+    )
+
+
+register(MethodSpec("ptq161", PTQ161Config, quantize, decode,
+                    "PTQ1.61: salient input channels in 4 bits, the rest binarized with trained row and column "
+                    "scales (s<percent salient>, e.g. s20)",
+                    input_statistic="absmax", finetune_block=finetune_block, wants_float_targets=True, pack=pack,
+                    bench_configs=()))

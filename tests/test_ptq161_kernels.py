@@ -1,0 +1,111 @@
+"""PTQ1.61 kernels of the patched runtime against the Python reference decode, on the same bytes."""
+
+import numpy as np
+import pytest
+import torch
+from lowbit_gguf.errors import LowbitError
+from lowbit_gguf.gguf.types import SALIENT_MASK, SALIENT_SPILL
+from conftest import random_ptq161_payload
+from test_aqlm_kernels import _unchecked
+
+pytestmark = pytest.mark.runtime
+
+
+def reference_matmul(spec, payload, x):
+    w = spec.decode(payload).double().numpy()
+    return x.astype(np.float64) @ w.T, np.abs(x).astype(np.float64) @ np.abs(w).T
+
+
+# d_in 96 -> 16 salient channels (the codes of 4 stay in the row, of 12 spill); 224 -> 48
+@pytest.mark.parametrize("d_in, ratio", [(96, 0.2), (224, 0.2), (64, 0.5)])
+def test_c_reference_decode_equals_python(d_in, ratio, runtime_build):
+    from lowbit_gguf.runtime import lowbit_dequantize
+
+    spec, config, payload = random_ptq161_payload(d_out=40, d_in=d_in, ratio=ratio)
+    want = spec.decode(payload).numpy()
+    # binary weights are exact (col * (a * +-1 + m)); salient ones may differ by a fused multiply-add
+    np.testing.assert_allclose(lowbit_dequantize(spec.pack(payload)), want, rtol=1e-6, atol=1e-7)
+
+
+# 1 and 3 tokens take the look-up-table path, 17 the tile path, 70 the sgemm path (rows in chunks of 128:
+# with 150 rows the last chunk has 22, which sgemm refuses, so the tiles take it all); 2 threads split rows
+@pytest.mark.parametrize("n_tokens", [1, 3, 17, 70])
+@pytest.mark.parametrize("n_rows", [150, 200])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("reference", [False, True])
+def test_mul_mat_matches_python_decode(n_tokens, n_rows, n_threads, reference, runtime_build):
+    from lowbit_gguf.runtime import lowbit_mul_mat
+
+    spec, config, payload = random_ptq161_payload(d_out=n_rows, d_in=224, seed=n_tokens)
+    x = np.random.default_rng(n_tokens).standard_normal((n_tokens, 224)).astype(np.float32)
+    got = lowbit_mul_mat(spec.pack(payload), x, n_threads=n_threads, reference=reference)
+    want, magnitude = reference_matmul(spec, payload, x)
+    worst = np.max(np.abs(got - want) / (magnitude + 1e-6))
+    assert worst < 1e-5, f"worst relative error {worst:.2e}"
+
+
+def test_sign_of_zero_and_constant_rows(runtime_build):
+    """W == mu gives sign +1; a constant row decodes to its constant on both parts, in Python and in C."""
+    from lowbit_gguf.methods import get_method
+    from lowbit_gguf.runtime import lowbit_mul_mat
+
+    spec = get_method("ptq161")
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    w[0] = 0.75  # constant row
+    w[1, :] = torch.tensor([-1.0, 1.0]).repeat(32)
+    w[1, 10:12] = 0.0  # a (-1, 1) pair zeroed: the mean stays 0, so sign(w - mu) = sign(0) there
+    absmax = torch.arange(64, dtype=torch.float32)  # salient: the last 16 channels
+    q = spec.quantize(w, absmax, spec.config_type(salient_ratio=0.25))
+    assert q.payload["mask"][48:].all() and not q.payload["mask"][:48].any()
+    assert q.payload["mu"][1] == 0 and q.payload["signs"][1, 10:12].all()  # channels 10, 11 are binary
+    torch.testing.assert_close(q.decoded[0], torch.full((64,), 0.75), rtol=1e-3, atol=1e-3)
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    got = lowbit_mul_mat(spec.pack(q.payload), x)
+    want, magnitude = reference_matmul(spec, q.payload, x)
+    assert np.max(np.abs(got - want) / (magnitude + 1e-6)) < 1e-5
+
+
+def test_mul_mat_on_a_real_layer(default_model_dir, runtime_build):
+    """The default model's layer 0 down_proj (1536 inputs, 576 outputs) quantized by PTQ1.61."""
+    from safetensors.torch import load_file
+
+    from lowbit_gguf.runtime import lowbit_mul_mat
+
+    spec, config, _ = random_ptq161_payload()
+    w = load_file(default_model_dir / "model.safetensors")["model.layers.0.mlp.down_proj.weight"].float()
+    x = np.random.default_rng(1).standard_normal((70, w.shape[1])).astype(np.float32)
+    q = spec.quantize(w, torch.from_numpy(np.abs(x).max(0)), config)
+    packed = spec.pack(q.payload)
+    for n in (1, 70):
+        got = lowbit_mul_mat(packed, x[:n], n_threads=2)
+        want, magnitude = reference_matmul(spec, q.payload, x[:n])
+        assert np.max(np.abs(got - want) / (magnitude + 1e-6)) < 1e-5
+
+
+def _flip_one_mask_bit(packed):
+    mask = packed.sides[SALIENT_MASK].copy()
+    channel = int(np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little") == 0)[0])
+    mask.view(np.uint8)[channel // 8] |= 1 << (channel % 8)
+    return {"sides": {**packed.sides, SALIENT_MASK: mask}}
+
+
+@pytest.mark.parametrize("change, message", [
+    (_flip_one_mask_bit, "marks 17 salient channels.*codes for 16"),
+    (lambda p: {"sides": {**p.sides, SALIENT_SPILL: np.ascontiguousarray(p.sides[SALIENT_SPILL][:, :-1])}},
+     "salient_spill.*wide"),
+    (lambda p: {"sides": {**p.sides, SALIENT_SPILL: np.ascontiguousarray(p.sides[SALIENT_SPILL][:-1])}},
+     "salient_spill.*shape"),
+    (lambda p: {"sides": {**p.sides, "row_params": p.sides["row_params"][:, :3].copy()}}, "row_params.*shape"),
+    (lambda p: {"sides": {**p.sides, "col_scale": p.sides["col_scale"].astype(np.float32)}}, "col_scale.*type f32"),
+    (lambda p: {"sides": {**p.sides, SALIENT_MASK: p.sides[SALIENT_MASK][:-1].copy()}}, "salient_mask.*shape"),
+])
+def test_malformed_side_tensors_give_clear_errors(change, message, runtime_build):
+    from lowbit_gguf.runtime import lowbit_dequantize, lowbit_mul_mat
+
+    spec, config, payload = random_ptq161_payload()
+    packed = spec.pack(payload)
+    bad = _unchecked(packed, **change(packed))
+    with pytest.raises(LowbitError, match=message):
+        lowbit_mul_mat(bad, np.ones((1, packed.n_per_row), dtype=np.float32))
+    with pytest.raises(LowbitError, match=message):
+        lowbit_dequantize(bad)
