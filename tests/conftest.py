@@ -49,6 +49,21 @@ def tiny_aqlm(default_model_dir, tmp_path_factory):
     return report.gguf, folder / "decoded"
 
 
+@pytest.fixture(scope="session")
+def tiny_ptq161(default_model_dir, tmp_path_factory):
+    """(GGUF, decoded HF checkpoint) of a 2-block Llama with hidden 128 quantized with PTQ1.61 (20% salient)."""
+    from lowbit_gguf.methods import get_method
+    from lowbit_gguf.quantize import quantize_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny-ptq161")
+    make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128)
+    config = replace(get_method("ptq161").parse_config("s20"), epochs=1)
+    report = quantize_checkpoint(folder / "float", "ptq161", config, folder / "ptq161.gguf", n_samples=4,
+                                 seq_len=64, save_decoded=folder / "decoded", embedding_type="f16",
+                                 progress=False)
+    return report.gguf, folder / "decoded"
+
+
 def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int = 0,
                     layers: int = 2, vocab: int = 256, hidden: int = 64):
     """A small random llama saved as a Hugging Face checkpoint (with the default model's tokenizer when

@@ -3,15 +3,14 @@ decode in transformers, and malformed side tensors refused with a message."""
 
 import numpy as np
 import pytest
-import torch
 
 import gguf
 from lowbit_gguf.errors import BadGGUF
 from lowbit_gguf.gguf.write import _copy_metadata
 
-pytestmark = [pytest.mark.runtime, pytest.mark.model]
+from runtime_parity import N_CTX, check_logits, check_perplexity
 
-N_CTX = 128
+pytestmark = [pytest.mark.runtime, pytest.mark.model]
 
 
 def test_file_holds_codes_and_side_tensors(tiny_aqlm):
@@ -24,32 +23,11 @@ def test_file_holds_codes_and_side_tensors(tiny_aqlm):
 
 
 def test_runtime_logits_match_the_reference_decode(tiny_aqlm, runtime_build):
-    from transformers import AutoModelForCausalLM
-
-    from lowbit_gguf.runtime import Model
-
-    tokens = torch.randint(0, 49152, (1, 40), generator=torch.Generator().manual_seed(1))
-    reference = AutoModelForCausalLM.from_pretrained(tiny_aqlm[1], torch_dtype=torch.float32)
-    with torch.no_grad():
-        want = reference(tokens).logits[0].numpy()
-    with Model(tiny_aqlm[0], n_ctx=N_CTX, n_threads=2) as model:
-        got = model.eval(tokens[0].tolist(), all_logits=True)
-    # llama.cpp keeps K/V in f16: differences of ~1e-3 of the logit scale, as for F16 files
-    assert np.max(np.abs(got - want)) < 2e-2 * np.max(np.abs(want))
-    assert np.mean(np.argmax(got, -1) == np.argmax(want, -1)) > 0.9
+    check_logits(*tiny_aqlm)
 
 
 def test_runtime_perplexity_matches_the_reference_decode(tiny_aqlm, default_model_dir, runtime_build):
-    from lowbit_gguf.calibration import load_text
-    from lowbit_gguf.evaluate import hf_perplexity, hf_tokenize, load_hf_model
-    from lowbit_gguf.runtime.library import Model, perplexity
-
-    tokens = hf_tokenize(default_model_dir, load_text("evaluation")[:20000])[: 4 * N_CTX]
-    reference = hf_perplexity(load_hf_model(tiny_aqlm[1]), tokens, N_CTX, 4, progress=False)
-    with Model(tiny_aqlm[0], n_ctx=N_CTX, n_threads=2) as model:
-        value = perplexity(model, tokens, N_CTX)
-    print(f"tiny AQLM 2x8: runtime {value:.3f}, reference decode {reference:.3f}")
-    assert value == pytest.approx(reference, rel=0.01)
+    check_perplexity(*tiny_aqlm, default_model_dir, "tiny AQLM 2x8")
 
 
 def rewrite(source, out, edit):

@@ -3,11 +3,13 @@
 #include "llama-impl.h"
 #include "llama-model-loader.h"
 
+#include "ggml-backend.h"
 #include "ggml-lowbit.h"
 
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 void llama_lowbit_attach_sides(ggml_tensor * weight, const LLM_TN_IMPL & tn, const llama_model_loader & ml,
                                const llama_lowbit_create_fn & create) {
@@ -36,5 +38,30 @@ void llama_lowbit_attach_sides(ggml_tensor * weight, const LLM_TN_IMPL & tn, con
     }
     for (int i = 0; i < info->n_sides; ++i) {
         weight->src[i] = const_cast<ggml_tensor *>(sides[i]);
+    }
+}
+
+void llama_lowbit_check_loaded(ggml_context * ctx) {
+    for (ggml_tensor * weight = ggml_get_first_tensor(ctx); weight != nullptr;
+         weight = ggml_get_next_tensor(ctx, weight)) {
+        const ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(weight->type);
+        if (info == nullptr || info->method != GGML_LOWBIT_METHOD_PTQ161) {
+            continue;  // the other types' sides are fully checked by their shapes
+        }
+        // host copies of the sides, so the check reads the same bytes wherever the weights live
+        ggml_tensor                       copies[GGML_LOWBIT_MAX_SIDES];
+        const ggml_tensor *               sides[GGML_LOWBIT_MAX_SIDES] = {};
+        std::vector<std::vector<uint8_t>> data(info->n_sides);
+        for (int i = 0; i < info->n_sides; ++i) {
+            copies[i] = *weight->src[i];
+            data[i].resize(ggml_nbytes(weight->src[i]));
+            ggml_backend_tensor_get(weight->src[i], data[i].data(), 0, data[i].size());
+            copies[i].data = data[i].data();
+            sides[i]       = &copies[i];
+        }
+        char err[256];
+        if (!ggml_lowbit_check_side_data(weight, sides, err, sizeof(err))) {
+            throw std::runtime_error(format("weight '%s' of type %s: %s", weight->name, info->name, err));
+        }
     }
 }
