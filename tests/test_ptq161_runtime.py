@@ -8,7 +8,6 @@ import gguf
 from lowbit_gguf.errors import BadGGUF
 from runtime_parity import N_CTX, check_logits, check_perplexity
 from test_aqlm_runtime import rewrite
-# N_CTX, check_logits, check_perplexity
 
 pytestmark = [pytest.mark.runtime, pytest.mark.model]
 
