@@ -1,4 +1,4 @@
-"""The CUDA build on a GPU: the same tiny models (F32, AQLM) give the same logits as on the CPU.
+"""The CUDA build on a GPU: the same tiny models (F32, AQLM, PTQ1.61) give the same logits as on the CPU.
 
 Skips where there is no GPU. The CUDA library runs in a child process: both builds' libllama share the
 soname libllama.so.0, so one process can hold only one of them."""
@@ -36,12 +36,13 @@ def test_cuda_logits_match_cpu(runtime_build, default_model_dir, tmp_path):
 
 
 @pytest.mark.skipif(not gpu_present(), reason="no CUDA GPU on this machine")
-def test_cuda_aqlm_matches_cpu(tiny_aqlm, tmp_path):
-    """AQLM weights on the GPU: a 40-token prompt (decode + cuBLAS) and one more token (fused GEMV)."""
+@pytest.mark.parametrize("fixture", ["tiny_aqlm", "tiny_ptq161"])
+def test_cuda_lowbit_weights_match_cpu(fixture, request, tmp_path):
+    """Lowbit weights on the GPU: a 40-token prompt (decode + cuBLAS) and one more token (GEMV)."""
     from lowbit_gguf.runtime.build import BuildOptions, build_runtime
 
     build_runtime(BuildOptions(cuda=True), progress=False)
-    cpu, gpu = cpu_and_gpu_logits(tiny_aqlm[0], tmp_path)
+    cpu, gpu = cpu_and_gpu_logits(request.getfixturevalue(fixture)[0], tmp_path)
     for c, g in zip(cpu, gpu):
         np.testing.assert_allclose(g, c, atol=2e-3 * np.abs(c).max(), rtol=1e-3)
 
