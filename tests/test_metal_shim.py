@@ -1,4 +1,4 @@
-"""The Metal AQLM kernel's arithmetic, compiled as C++ through a small shim, against the Python decode."""
+"""The Metal kernels' arithmetic (AQLM, PTQ1.61), compiled as C++ through a small shim, against the Python decode."""
 
 import shutil
 import subprocess
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from cffi import FFI
 
-from conftest import random_aqlm_payload
+from conftest import random_aqlm_payload, random_ptq161_payload
 from lowbit_gguf.runtime.build import PATCH_DIR
 
 SHIM = PATCH_DIR.parent / "tests" / "metal_shim"
@@ -18,13 +18,16 @@ METAL_DIR = PATCH_DIR / "src" / "ggml" / "src" / "ggml-metal"
 def shim(tmp_path_factory):
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler")
-    lib = tmp_path_factory.mktemp("metal") / "aqlm_shim.so"
+    lib = tmp_path_factory.mktemp("metal") / "metal_shim.so"
     subprocess.run(["c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-I", SHIM, "-I", METAL_DIR,
-                    SHIM / "aqlm_shim.cpp", "-o", lib], check=True)
+                    SHIM / "aqlm_shim.cpp", SHIM / "ptq161_shim.cpp", "-o", lib], check=True)
     ffi = FFI()
     ffi.cdef("int shim_aqlm_gemv(int m, int b, const uint8_t * codes, const uint16_t * codebook, "
              "const uint16_t * row_scale, const float * x, float * dst, int64_t n_rows, int64_t n_blocks, "
-             "uint64_t row_bytes);")
+             "uint64_t row_bytes);"
+             "int shim_ptq161_gemv(const uint8_t * codes, const uint8_t * spill, const uint16_t * params, "
+             "const uint8_t * mask, const uint16_t * col_scale, const float * x, float * dst, int64_t n_rows, "
+             "int64_t d_in, int64_t n_sal);")
     return ffi, ffi.dlopen(str(lib))
 
 
@@ -43,5 +46,25 @@ def test_metal_gemv_arithmetic_matches_python(shim, config_text):
                             packed.codes.shape[1])
     assert rc == 0
     w = spec.decode(payload, config).double().numpy()
+    want, magnitude = w @ x, np.abs(w) @ np.abs(x)
+    assert np.max(np.abs(out - want) / (magnitude + 1e-6)) < 1e-5
+
+
+def test_metal_ptq161_gemv_arithmetic_matches_python(shim):
+    ffi, lib = shim
+    spec, config, payload = random_ptq161_payload(d_out=40, d_in=512)
+    packed = spec.pack(payload)
+    x = np.random.default_rng(2).standard_normal(512).astype(np.float32)
+    out = np.empty(40, dtype=np.float32)
+
+    sides = {k: np.ascontiguousarray(v) for k, v in packed.sides.items()}
+    rc = lib.shim_ptq161_gemv(ffi.from_buffer(packed.codes), ffi.from_buffer(sides["salient_spill"].view(np.uint8)),
+                              ffi.from_buffer("uint16_t[]", sides["row_params"].view(np.uint16)),
+                              ffi.from_buffer(sides["salient_mask"].view(np.uint8)),
+                              ffi.from_buffer("uint16_t[]", sides["col_scale"].view(np.uint16)),
+                              ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out), 40, 512,
+                              packed.n_salient)
+    assert rc == 0
+    w = spec.decode(payload).double().numpy()
     want, magnitude = w @ x, np.abs(w) @ np.abs(x)
     assert np.max(np.abs(out - want) / (magnitude + 1e-6)) < 1e-5

@@ -10,7 +10,10 @@
 #define constant const
 #define thread
 
-typedef uint8_t uchar;
+typedef uint8_t  uchar;
+typedef uint32_t uint;
+
+inline uint popcount(uint v) { return (uint) __builtin_popcount(v); }
 
 struct half {
     uint16_t bits;
