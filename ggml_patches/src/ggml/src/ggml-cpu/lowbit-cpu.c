@@ -10,7 +10,8 @@
 //    per-token sums of the inputs, the row's scales and offsets finish the dot product, no multiply per
 //    weight. Rows split over threads.
 //  - prompts (SGEMM_MIN_TOKENS and more): SGEMM_ROWS rows at a time are decoded to f32 by all threads, then
-//    multiplied with all tokens by ggml's own llamafile sgemm (all threads together).
+//    multiplied with all tokens by ggml's own llamafile sgemm (all threads together). PTQ1.61 gathers the
+//    tokens into the rows' channel order first, so its rows decode with SIMD straight from the sign bits.
 //  - tiles (everything else): TILE_ROWS rows are decoded to f32 and dotted with every token.
 // params->use_ref takes the tile path with the plain C decode and a scalar dot (the reference).
 
@@ -71,7 +72,10 @@ size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) 
     GGML_ASSERT(info != NULL);
     const int64_t n_per_row = dst->src[0]->ne[0];
     int64_t floats = n_threads * tile_floats_per_thread(n_per_row);
-    const int64_t sgemm = SGEMM_ROWS * n_per_row;
+    int64_t sgemm = SGEMM_ROWS * n_per_row;
+    if (info->method == GGML_LOWBIT_METHOD_PTQ161) {
+        sgemm = align_floats(sgemm) + n_tokens_of(dst) * n_per_row;  // and the gathered tokens
+    }
     floats = sgemm > floats ? sgemm : floats;
     if (takes_lut_path(info, n_tokens_of(dst), false)) {
         const int64_t lut = lut_floats(info, dst->src[0], n_tokens_of(dst));
@@ -173,6 +177,66 @@ static void mul_mat_tiles(const struct ggml_compute_params * params, struct ggml
     }
 }
 
+// ---- PTQ1.61 in gathered channel order (salient channels first, then the others) ----
+
+// one token's input in the rows' channel order, the binarized channels times their column scale; returns
+// the sums of the binarized and of the salient inputs
+static void ptq161_gather_token(const float * x, const uint8_t * mask, const ggml_fp16_t * col_scale, int64_t d_in,
+                                int64_t n_sal, float * g, float * sum_bin, float * sum_sal) {
+    float * bin = g + n_sal;
+    float   sb = 0.0f, ss = 0.0f;
+    int64_t k = 0, j = 0;
+    for (int64_t c = 0; c < d_in; ++c) {
+        if (mask[c / 8] >> (c % 8) & 1) {
+            g[k++] = x[c];
+            ss += x[c];
+        } else {
+            bin[j] = x[c] * GGML_CPU_FP16_TO_FP32(col_scale[c]);
+            sb += bin[j++];
+        }
+    }
+    *sum_bin = sb;
+    *sum_sal = ss;
+}
+
+// rows [r0, r0 + nr) in gathered order, without the column scale (the gathered input carries it)
+static void ptq161_decode_rows_gathered(const struct ggml_tensor * w, const void * const * sides, int64_t r0,
+                                        int64_t nr, float * out) {
+    const int64_t       d_in       = w->ne[0];
+    const int64_t       row_bytes  = (int64_t) w->nb[1];
+    const int64_t       n_sal      = ggml_lowbit_ptq161_n_salient(w->src[GGML_LOWBIT_PTQ161_SPILL]);
+    const int64_t       spill_row  = 3 * n_sal / 8;
+    const int64_t       sign_bytes = (d_in - n_sal) / 8;
+    const ggml_fp16_t * params     = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_ROW_PARAMS];
+    for (int64_t r = 0; r < nr; ++r) {
+        const uint8_t *     row   = (const uint8_t *) w->data + (r0 + r) * row_bytes;
+        const uint8_t *     spill = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_SPILL] + (r0 + r) * spill_row;
+        const ggml_fp16_t * p     = params + (r0 + r) * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
+        const float a = GGML_CPU_FP16_TO_FP32(p[0]), m = GGML_CPU_FP16_TO_FP32(p[1]);
+        const float scale = GGML_CPU_FP16_TO_FP32(p[2]), lo = GGML_CPU_FP16_TO_FP32(p[3]);
+        float *     o = out + r * d_in;
+        for (int64_t k = 0; k < n_sal / 2; ++k) {
+            const int64_t byte = sign_bytes + k;
+            const int     pair = byte < row_bytes ? row[byte] : spill[byte - row_bytes];
+            o[2 * k]           = scale * (float) (pair & 15) + lo;
+            o[2 * k + 1]       = scale * (float) (pair >> 4) + lo;
+        }
+        float * ob = o + n_sal;
+#ifdef LOWBIT_AVX2
+        const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        const __m256  pos = _mm256_set1_ps(m + a), neg = _mm256_set1_ps(m - a);
+        for (int64_t b = 0; b < sign_bytes; ++b) {
+            const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(row[b]), bit), bit);
+            _mm256_storeu_ps(ob + 8 * b, _mm256_blendv_ps(neg, pos, _mm256_castsi256_ps(set)));
+        }
+#else
+        for (int64_t j = 0; j < 8 * sign_bytes; ++j) {
+            ob[j] = (row[j / 8] >> (j % 8) & 1) ? m + a : m - a;
+        }
+#endif
+    }
+}
+
 // ---- prompt path: decoded row chunks through ggml's sgemm ----
 
 // false (before touching dst) when sgemm does not take these shapes; every thread gets the same answer
@@ -186,16 +250,34 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
         return false;
     }
     const int64_t n_per_row = w->ne[0];
+    const bool    ptq161    = info->method == GGML_LOWBIT_METHOD_PTQ161;
+    const float * xs        = (const float *) x->data;
+    int64_t       ldx       = x->nb[1] / sizeof(float);
+    if (ptq161) {
+        // PTQ1.61: the tokens gathered into the rows' channel order once, the rows decoded in that order
+        float *       g     = buf + align_floats(SGEMM_ROWS * n_per_row);
+        const int64_t n_sal = ggml_lowbit_ptq161_n_salient(w->src[GGML_LOWBIT_PTQ161_SPILL]);
+        for (int64_t t = params->ith; t < x->ne[1]; t += params->nth) {
+            float sum_bin, sum_sal;
+            ptq161_gather_token(token_row(x, t), (const uint8_t *) sides[GGML_LOWBIT_PTQ161_MASK],
+                                (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_COL_SCALE], n_per_row, n_sal,
+                                g + t * n_per_row, &sum_bin, &sum_sal);
+        }
+        xs  = g;
+        ldx = n_per_row;
+    }
     for (int64_t r0 = 0; r0 < w->ne[1]; r0 += SGEMM_ROWS) {
         const int64_t nr     = w->ne[1] - r0 < SGEMM_ROWS ? w->ne[1] - r0 : SGEMM_ROWS;
         int64_t       a, b;
         thread_rows(params, nr, &a, &b);
-        if (a < b) {
+        if (a < b && ptq161) {
+            ptq161_decode_rows_gathered(w, sides, r0 + a, b - a, buf + a * n_per_row);
+        } else if (a < b) {
             decode_rows(params, w, info, sides, r0 + a, b - a, buf + a * n_per_row);
         }
-        ggml_barrier(params->threadpool);
+        ggml_barrier(params->threadpool);  // also orders the gather before the first sgemm
         // sgemm ends with a barrier, so the next chunk's decode cannot overwrite rows still in use
-        if (!llamafile_sgemm(params, nr, x->ne[1], n_per_row, buf, n_per_row, x->data, x->nb[1] / sizeof(float),
+        if (!llamafile_sgemm(params, nr, x->ne[1], n_per_row, buf, n_per_row, xs, ldx,
                              (char *) dst->data + r0 * sizeof(float), dst->nb[1] / sizeof(float), GGML_TYPE_F32,
                              GGML_TYPE_F32, GGML_TYPE_F32)) {
             GGML_ASSERT(r0 == 0);  // the shapes decide (k, chunk rows % 4), so the first chunk answers for all
@@ -388,22 +470,8 @@ static void ptq161_build_tables(const struct ggml_compute_params * params, struc
 
     // the input in the row's channel order: salient ones as they are, the others times their column scale
     for (int64_t t = params->ith; t < n_tokens; t += params->nth) {
-        const float * x   = token_row(dst->src[1], t);
-        float *       g   = work + t * l->token_floats;
-        float *       bin = g + l->n_sal;
-        float         sum_sal = 0.0f, sum_bin = 0.0f;
-        int64_t       k = 0, j = 0;
-        for (int64_t c = 0; c < d_in; ++c) {
-            if (mask[c / 8] >> (c % 8) & 1) {
-                g[k++] = x[c];
-                sum_sal += x[c];
-            } else {
-                bin[j] = x[c] * GGML_CPU_FP16_TO_FP32(col_scale[c]);
-                sum_bin += bin[j++];
-            }
-        }
-        g[d_in]     = sum_bin;
-        g[d_in + 1] = sum_sal;
+        float * g = work + t * l->token_floats;  // then its two sums
+        ptq161_gather_token(token_row(dst->src[1], t), mask, col_scale, d_in, l->n_sal, g, g + d_in, g + d_in + 1);
     }
     ggml_barrier(params->threadpool);
 
