@@ -15,6 +15,11 @@ mask as one bit per input channel. In GGUF the weight is the PTQ161 tensor type 
 the row holds the sign bits, then the salient codes, in gathered channel order (salient channels first);
 the runtime gathers each input vector into that order once per matmul, which costs d_in loads against
 d_out * d_in weights, so the mask needs no change to the graph.
+
+Optional preprocessing (the paper's restorative LoRA, lora_rank > 0, off by default: it quantizes the model
+twice): quantize a copy, train a low-rank adapter on every linear of the quantized copy (next-token loss on
+the calibration text, quantized weights frozen), add the adapters to the float model's weights, and quantize
+that merged model.
 """
 
 from __future__ import annotations
@@ -39,20 +44,25 @@ class PTQ161Config:
     batch: int = 4  # calibration sequences per training step
     weight_decay: float = 0.0  # AdamW's; r1 and r2 start at 1, so decay towards 0 would be a bias
     seed: int = 0
+    lora_rank: int = 0  # restorative LoRA preprocessing (0: off)
+    lora_steps: int = 64
+    lora_lr: float = 5e-4
+    lora_batch: int = 2
 
     def __post_init__(self):
         if not 0 < self.salient_ratio < 1:
             raise ValueError(f"PTQ1.61 salient ratio must be between 0 and 1, got {self.salient_ratio}")
-        if self.epochs < 0 or self.batch < 1 or self.lr <= 0:
+        if self.epochs < 0 or self.batch < 1 or self.lr <= 0 or self.lora_rank < 0 or self.lora_batch < 1:
             raise ValueError(f"invalid PTQ1.61 config {self}")
 
     @classmethod
     def parse(cls, text: str) -> PTQ161Config:
-        """'s20': 20% salient input channels."""
-        m = re.fullmatch(r"s(\d+(?:\.\d+)?)", text.strip().lower())
+        """'s20': 20% salient input channels; 's20+lora16': with restorative LoRA preprocessing of rank 16."""
+        m = re.fullmatch(r"s(\d+(?:\.\d+)?)(?:\+lora(\d+))?", text.strip().lower())
         if not m:
-            raise ValueError(f"PTQ1.61 config {text!r} is not of the form s<salient percent>, e.g. s20")
-        return cls(salient_ratio=float(m.group(1)) / 100)
+            raise ValueError(f"PTQ1.61 config {text!r} is not of the form s<salient percent>[+lora<rank>], "
+                             "e.g. s20 or s20+lora16")
+        return cls(salient_ratio=float(m.group(1)) / 100, lora_rank=int(m.group(2) or 0))
 
 
 def n_salient(d_in: int, ratio: float) -> int:
@@ -213,8 +223,67 @@ def pack(payload: dict[str, torch.Tensor], config: PTQ161Config | None = None):
     )
 
 
-register(MethodSpec("ptq161", PTQ161Config, quantize, decode,
+class _LoRALinear(torch.nn.Module):
+    """y = base(x) + x A^T B^T with base frozen; B starts at 0, so training starts from the base model."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, generator: torch.Generator):
+        super().__init__()
+        self.base = base
+        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / base.in_features**0.5)
+        self.b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.a.T) @ self.b.T
+
+
+def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: str = "cpu") -> None:
+    """The paper's quantization preprocessing: quantize a copy of the model, train low-rank adapters on the
+    quantized copy, and add them to `model`'s float weights (in place). Off when config.lora_rank is 0."""
+    if config.lora_rank <= 0:
+        return
+    import copy
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from lowbit_gguf.sequential import block_linears, decoder_blocks, quantize_model
+
+    quantized = copy.deepcopy(model)
+    quantize_model(quantized, tokens, replace(METHOD, preprocess=None), config, device=device, progress=True)
+    gen = torch.Generator().manual_seed(config.seed)
+    adapters = {}
+    for i, block in enumerate(decoder_blocks(quantized)):
+        for name, linear in block_linears(block).items():
+            linear.weight.requires_grad_(False)
+            adapter = _LoRALinear(linear, config.lora_rank, gen)
+            parent = block.get_submodule(name.rpartition(".")[0]) if "." in name else block
+            setattr(parent, name.rpartition(".")[2], adapter)
+            adapters[f"{i}.{name}"] = adapter
+    for p in quantized.parameters():
+        p.requires_grad_(False)
+    params = [t for a in adapters.values() for t in (a.a, a.b)]
+    for t in params:
+        t.requires_grad_(True)
+    quantized.to(device).train()
+    opt = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=0.0)
+    tokens = tokens.to(device)
+    bar = tqdm(range(config.lora_steps), desc="restorative LoRA", unit="step")
+    for step in bar:
+        rows = torch.randint(0, tokens.shape[0], (config.lora_batch,), generator=gen)
+        loss = quantized(tokens[rows], labels=tokens[rows], use_cache=False).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.no_grad():
+        for i, block in enumerate(decoder_blocks(model)):
+            for name, linear in block_linears(block).items():
+                adapter = adapters[f"{i}.{name}"]
+                linear.weight += (adapter.b @ adapter.a).to(linear.weight.dtype).cpu()
+
+
+METHOD = register(MethodSpec("ptq161", PTQ161Config, quantize, decode,
                     "PTQ1.61: salient input channels in 4 bits, the rest binarized with trained row and column "
                     "scales (s<percent salient>, e.g. s20)",
                     input_statistic="absmax", finetune_block=finetune_block, wants_float_targets=True, pack=pack,
-                    bench_configs=()))
+                    preprocess=restorative_lora))
