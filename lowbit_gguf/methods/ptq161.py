@@ -39,8 +39,8 @@ SALIENT_LEVELS = 2**SALIENT_BITS - 1
 @dataclass(frozen=True)
 class PTQ161Config:
     salient_ratio: float = 0.2  # fraction of input channels kept in 4 bits (rounded to a multiple of 8)
-    epochs: int = 4  # block training passes over the calibration set (0: off)
-    lr: float = 2e-3
+    epochs: int = 8  # block training passes over the calibration set (0: off)
+    lr: float = 5e-3  # 8 epochs at 5e-3: PPL 145.8 vs 196.8 with 4 at 2e-3 (SmolLM2, s20)
     batch: int = 4  # calibration sequences per training step
     weight_decay: float = 0.0  # AdamW's; r1 and r2 start at 1, so decay towards 0 would be a bias
     seed: int = 0
