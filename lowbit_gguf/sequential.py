@@ -1,9 +1,10 @@
 """The sequential driver every method shares.
 
-For each transformer block in turn: run the calibration activations through it while hooks accumulate
-H = X^T X (float64) for every linear layer, quantize each linear with the method, put its reference decode
-in place of the weight, optionally let the method fine-tune the block against its float outputs, and run
-the block again so its quantized outputs feed the next block.
+For each transformer block in turn: run the calibration activations through it while hooks accumulate the
+statistic the method asks of every linear layer's inputs (H = X^T X in float64, or max |x| per channel),
+quantize each linear with the method, put its reference decode in place of the weight, optionally let the
+method fine-tune the block against its float outputs, and run the block again so its quantized outputs feed
+the next block.
 Only one block is on the compute device at a time, and only one block's activations are held, so memory
 does not grow with depth. After every block the payloads and the activations are checkpointed, so an
 interrupted run resumes at the next block instead of starting over.

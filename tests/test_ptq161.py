@@ -160,7 +160,7 @@ def test_restorative_lora_adds_low_rank_updates_that_help_the_quantized_model(tm
     config = PTQ161Config(epochs=0, lora_rank=4, lora_steps=30, lora_lr=5e-3, lora_batch=4)
     model = make_tiny_llama(tmp_path / "m", layers=2)
     before = {n: l.weight.detach().clone() for n, l in block_linears(decoder_blocks(model)[1]).items()}
-    restorative_lora(model, tokens, config)
+    restorative_lora(model, tokens, config, progress=False)
     for name, linear in block_linears(decoder_blocks(model)[1]).items():
         delta = linear.weight.detach() - before[name]
         assert delta.abs().max() > 0 and torch.linalg.matrix_rank(delta) <= 4

@@ -42,7 +42,7 @@ class MethodSpec:
     #                float block on the float model's own activations, tracked only when wants_float_targets.
     finetune_block: Callable | None = None
     wants_float_targets: bool = False
-    # preprocess(model, calibration tokens, config, device): an optional stage that changes the float model's
+    # preprocess(model, calibration tokens, config, device, progress): an optional stage that changes the float model's
     # weights in place before the sequential driver quantizes it (None: no such stage).
     preprocess: Callable | None = None
     # payload -> PackedWeight (lowbit_gguf.gguf.write): the weight in the method's GGUF tensor type.

@@ -236,7 +236,8 @@ class _LoRALinear(torch.nn.Module):
         return self.base(x) + (x @ self.a.T) @ self.b.T
 
 
-def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: str = "cpu") -> None:
+def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: str = "cpu",
+                     progress: bool = True) -> None:
     """The paper's quantization preprocessing: quantize a copy of the model, train low-rank adapters on the
     quantized copy, and add them to `model`'s float weights (in place). Off when config.lora_rank is 0."""
     if config.lora_rank <= 0:
@@ -249,7 +250,7 @@ def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: 
     from lowbit_gguf.sequential import block_linears, decoder_blocks, quantize_model
 
     quantized = copy.deepcopy(model)
-    quantize_model(quantized, tokens, replace(METHOD, preprocess=None), config, device=device, progress=True)
+    quantize_model(quantized, tokens, replace(METHOD, preprocess=None), config, device=device, progress=progress)
     gen = torch.Generator().manual_seed(config.seed)
     adapters = {}
     for i, block in enumerate(decoder_blocks(quantized)):
@@ -267,7 +268,7 @@ def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: 
     quantized.to(device).train()
     opt = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=0.0)
     tokens = tokens.to(device)
-    bar = tqdm(range(config.lora_steps), desc="restorative LoRA", unit="step")
+    bar = tqdm(range(config.lora_steps), desc="restorative LoRA", unit="step", disable=not progress)
     for step in bar:
         rows = torch.randint(0, tokens.shape[0], (config.lora_batch,), generator=gen)
         loss = quantized(tokens[rows], labels=tokens[rows], use_cache=False).loss
