@@ -59,6 +59,13 @@ GGML_API bool ggml_lowbit_check_side_data(const struct ggml_tensor * weight, con
 // PTQ1.61: the number of salient input channels, from the spill tensor's width (checked by check_sides)
 GGML_API int64_t ggml_lowbit_ptq161_n_salient(const struct ggml_tensor * spill);
 
+// PTQ1.61: byte i of a row's code stream (sign bytes, then salient code pairs); the row tensor holds the first
+// row_bytes of it, the spill row the rest
+static inline uint8_t ggml_lowbit_ptq161_stream_byte(const uint8_t * row, const uint8_t * spill, int64_t row_bytes,
+                                                     int64_t i) {
+    return i < row_bytes ? row[i] : spill[i - row_bytes];
+}
+
 // Plain C reference decode of rows [row0, row0 + n_rows) of a weight with n_per_row columns, whose rows
 // start at codes (row0's codes first, rows row_bytes apart). sides as in the table, data pointers, already
 // checked (check_sides, check_side_data).

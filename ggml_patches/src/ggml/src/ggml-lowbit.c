@@ -172,8 +172,7 @@ static void ptq161_dequantize_rows(const uint8_t * codes, size_t row_bytes, int6
         int64_t     k = 0, j = 0;
         for (int64_t c = 0; c < n_per_row; ++c) {
             if (mask[c / 8] >> (c % 8) & 1) {
-                const int64_t byte = sign_bytes + k / 2;  // in the salient code stream, row then spill
-                const int     pair = byte < (int64_t) row_bytes ? row[byte] : spill[byte - (int64_t) row_bytes];
+                const int pair = ggml_lowbit_ptq161_stream_byte(row, spill, (int64_t) row_bytes, sign_bytes + k / 2);
                 const int     q    = k % 2 ? pair >> 4 : pair & 15;
                 out[r * n_per_row + c] = scale * (float) q + lo;
                 ++k;

@@ -216,10 +216,9 @@ static void ptq161_decode_rows_gathered(const struct ggml_tensor * w, const void
         const float scale = GGML_CPU_FP16_TO_FP32(p[2]), lo = GGML_CPU_FP16_TO_FP32(p[3]);
         float *     o = out + r * d_in;
         for (int64_t k = 0; k < n_sal / 2; ++k) {
-            const int64_t byte = sign_bytes + k;
-            const int     pair = byte < row_bytes ? row[byte] : spill[byte - row_bytes];
-            o[2 * k]           = scale * (float) (pair & 15) + lo;
-            o[2 * k + 1]       = scale * (float) (pair >> 4) + lo;
+            const int pair = ggml_lowbit_ptq161_stream_byte(row, spill, row_bytes, sign_bytes + k);
+            o[2 * k]       = scale * (float) (pair & 15) + lo;
+            o[2 * k + 1]   = scale * (float) (pair >> 4) + lo;
         }
         float * ob = o + n_sal;
 #ifdef LOWBIT_AVX2
