@@ -360,7 +360,10 @@ static int32_t lowbit_weight_make(struct lowbit_weight * lw, int32_t type, const
 int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row, int64_t n_rows,
                           int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
                           const void * const * side_data, const size_t * side_bytes, const float * x,
-                          int64_t n_tokens, float * out, int32_t n_threads, int32_t use_ref) {
+                          int64_t n_tokens, float * out, int32_t n_threads, int32_t path) {
+    if (path < LB_PATH_FASTEST || path > LB_PATH_TABLES) {
+        return set_error("unknown kernel path %d", path);
+    }
     struct lowbit_weight lw;
     if (lowbit_weight_make(&lw, type, codes, codes_bytes, n_per_row, n_rows, n_sides, side_types, side_ne,
                            side_data, side_bytes, 3) < 0) {
@@ -377,10 +380,12 @@ int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, 
     struct ggml_cgraph * graph = ggml_new_graph(lw.ctx);
     ggml_build_forward_expand(graph, yt);
     struct ggml_cplan plan = ggml_graph_plan(graph, n_threads > 0 ? n_threads : 1, NULL);
-    plan.use_ref = use_ref != 0;
+    plan.use_ref = path == LB_PATH_REFERENCE;
     void * work = plan.work_size ? malloc(plan.work_size) : NULL;
     plan.work_data = work;
+    ggml_lowbit_set_cpu_path(path == LB_PATH_TABLES ? GGML_LOWBIT_CPU_TABLES : GGML_LOWBIT_CPU_FASTEST);
     enum ggml_status status = ggml_graph_compute(graph, &plan);
+    ggml_lowbit_set_cpu_path(GGML_LOWBIT_CPU_FASTEST);
     free(work);
     ggml_free(lw.ctx);
     return status == GGML_STATUS_SUCCESS ? 0 : set_error("ggml_graph_compute failed (status %d)", (int) status);

@@ -27,27 +27,51 @@ def test_c_reference_decode_equals_python(d_in, ratio, runtime_build):
     np.testing.assert_allclose(lowbit_dequantize(spec.pack(payload)), want, rtol=1e-6, atol=1e-7)
 
 
-# 1 and 3 tokens take the look-up-table path, 17 the tile path, 70 the sgemm path (rows in chunks of 128:
-# with 150 rows the last chunk has 22, which sgemm refuses, so the tiles take it all); 2 threads split rows
-@pytest.mark.parametrize("n_tokens", [1, 3, 17, 70])
-@pytest.mark.parametrize("n_rows", [150, 200])
-@pytest.mark.parametrize("n_threads", [1, 2])
-@pytest.mark.parametrize("reference", [False, True])
-def test_mul_mat_matches_python_decode(n_tokens, n_rows, n_threads, reference, runtime_build):
+def assert_mul_mat_matches(spec, payload, x, **kwargs):
     from lowbit_gguf.runtime import lowbit_mul_mat
 
-    spec, config, payload = random_ptq161_payload(d_out=n_rows, d_in=224, seed=n_tokens)
-    x = np.random.default_rng(n_tokens).standard_normal((n_tokens, 224)).astype(np.float32)
-    got = lowbit_mul_mat(spec.pack(payload), x, n_threads=n_threads, reference=reference)
+    got = lowbit_mul_mat(spec.pack(payload), x, **kwargs)
     want, magnitude = reference_matmul(spec, payload, x)
     worst = np.max(np.abs(got - want) / (magnitude + 1e-6))
     assert worst < 1e-5, f"worst relative error {worst:.2e}"
 
 
+# 1 and 3 tokens take the small-batch path (AVX-512 where built, else the tables; "tables" pins those), 17 the
+# tile path, 70 the sgemm path (rows in chunks of 128: with 150 rows the last chunk has 22, which sgemm refuses,
+# so the tiles take it all); 2 threads split rows
+@pytest.mark.parametrize("n_tokens", [1, 3, 17, 70])
+@pytest.mark.parametrize("n_rows", [150, 200])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("path", ["fastest", "tables", "reference"])
+def test_mul_mat_matches_python_decode(n_tokens, n_rows, n_threads, path, runtime_build):
+    spec, config, payload = random_ptq161_payload(d_out=n_rows, d_in=224, seed=n_tokens)
+    x = np.random.default_rng(n_tokens).standard_normal((n_tokens, 224)).astype(np.float32)
+    assert_mul_mat_matches(spec, payload, x, n_threads=n_threads, path=path)
+
+
+# row layouts of the small-batch kernels: (sign bytes, salient code bytes in the row, in the spill row)
+# 104/0.15: (11, 2, 6): an odd sign byte; 576/0.2: (58, 14, 42) and 1536/0.2: (154, 38, 114), the default
+# model's; code stretches not a multiple of 8 bytes. 37 rows: a group of 4 rows and single rows per thread.
+@pytest.mark.parametrize("d_in, ratio", [(104, 0.15), (576, 0.2), (1536, 0.2), (64, 0.5)])
+@pytest.mark.parametrize("n_tokens", [1, 4])
+@pytest.mark.parametrize("path", ["fastest", "tables"])
+def test_small_batch_paths_on_each_row_layout(d_in, ratio, n_tokens, path, runtime_build):
+    spec, config, payload = random_ptq161_payload(d_out=37, d_in=d_in, ratio=ratio, seed=d_in)
+    x = np.random.default_rng(d_in).standard_normal((n_tokens, d_in)).astype(np.float32)
+    assert_mul_mat_matches(spec, payload, x, n_threads=2, path=path)
+
+
+def test_unknown_kernel_path_is_refused(runtime_build):
+    from lowbit_gguf.runtime import lowbit_mul_mat
+
+    spec, config, payload = random_ptq161_payload(d_out=8, d_in=64)
+    with pytest.raises(ValueError, match="path must be one of"):
+        lowbit_mul_mat(spec.pack(payload), np.zeros((1, 64), np.float32), path="fast")
+
+
 def test_sign_of_zero_and_constant_rows(runtime_build):
     """W == mu gives sign +1; a constant row decodes to its constant on both parts, in Python and in C."""
     from lowbit_gguf.methods import get_method
-    from lowbit_gguf.runtime import lowbit_mul_mat
 
     spec = get_method("ptq161")
     w = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
@@ -60,26 +84,20 @@ def test_sign_of_zero_and_constant_rows(runtime_build):
     assert q.payload["mu"][1] == 0 and q.payload["signs"][1, 10:12].all()  # channels 10, 11 are binary
     torch.testing.assert_close(q.decoded[0], torch.full((64,), 0.75), rtol=1e-3, atol=1e-3)
     x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
-    got = lowbit_mul_mat(spec.pack(q.payload), x)
-    want, magnitude = reference_matmul(spec, q.payload, x)
-    assert np.max(np.abs(got - want) / (magnitude + 1e-6)) < 1e-5
+    for path in ("fastest", "tables"):
+        assert_mul_mat_matches(spec, q.payload, x, path=path)
 
 
 def test_mul_mat_on_a_real_layer(default_model_dir, runtime_build):
     """The default model's layer 0 down_proj (1536 inputs, 576 outputs) quantized by PTQ1.61."""
     from safetensors.torch import load_file
 
-    from lowbit_gguf.runtime import lowbit_mul_mat
-
     spec, config, _ = random_ptq161_payload()
     w = load_file(default_model_dir / "model.safetensors")["model.layers.0.mlp.down_proj.weight"].float()
     x = np.random.default_rng(1).standard_normal((70, w.shape[1])).astype(np.float32)
     q = spec.quantize(w, torch.from_numpy(np.abs(x).max(0)), config)
-    packed = spec.pack(q.payload)
-    for n in (1, 70):
-        got = lowbit_mul_mat(packed, x[:n], n_threads=2)
-        want, magnitude = reference_matmul(spec, q.payload, x[:n])
-        assert np.max(np.abs(got - want) / (magnitude + 1e-6)) < 1e-5
+    for n, path in ((1, "fastest"), (1, "tables"), (70, "fastest")):
+        assert_mul_mat_matches(spec, q.payload, x[:n], n_threads=2, path=path)
 
 
 def _flip_one_mask_bit(packed):

@@ -203,10 +203,16 @@ def _lowbit_args(weight) -> tuple[list, list]:
 _GGML_DTYPES = {"<f4": 0, "<f2": 1, "|i1": 24}  # numpy dtype -> ggml type id (F32, F16, I8)
 
 
-def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, reference: bool = False,
+KERNEL_PATHS = ("fastest", "reference", "tables")  # the order of LB_PATH_* in lowbit_api.h
+
+
+def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, path: str = "fastest",
                    options: BuildOptions = BuildOptions()) -> np.ndarray:
-    """x [n_tokens, d_in] -> W x [n_tokens, d_out] for a PackedWeight, through ggml's CPU MUL_MAT (the code
-    llama.cpp runs); reference=True takes ggml's reference path."""
+    """x [n_tokens, d_in] -> W x [n_tokens, d_out] for a PackedWeight, through ggml's CPU MUL_MAT. path:
+    "fastest" is what llama.cpp runs, "reference" ggml's reference path (plain C decode), "tables" the look-up
+    tables where this build has a faster kernel for a few tokens (AVX-512 PTQ1.61)."""
+    if path not in KERNEL_PATHS:
+        raise ValueError(f"path must be one of {', '.join(KERNEL_PATHS)}, got {path!r}")
     lib = load_library(options)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != weight.n_per_row:
@@ -214,7 +220,7 @@ def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, reference: bool = 
     out = np.empty((x.shape[0], weight.d_out), dtype=np.float32)
     args, keep = _lowbit_args(weight)
     rc = lib.lb_lowbit_mul_mat(*args, ffi.from_buffer("float[]", x), x.shape[0], ffi.from_buffer("float[]", out),
-                               n_threads, int(reference))
+                               n_threads, KERNEL_PATHS.index(path))
     del keep
     if rc < 0:
         raise LowbitError(last_error(lib))

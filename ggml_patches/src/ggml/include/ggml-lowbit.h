@@ -73,6 +73,15 @@ GGML_API void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * code
                                           int64_t n_per_row, int64_t row0, int64_t n_rows,
                                           const void * const * sides, float * out);
 
+// CPU decode path for a few tokens: the fastest this build has (AVX-512 for PTQ1.61 where compiled in), or the
+// portable look-up tables. Process-wide; the tests pin the tables to check both on one machine.
+enum ggml_lowbit_cpu_path {
+    GGML_LOWBIT_CPU_FASTEST = 0,
+    GGML_LOWBIT_CPU_TABLES  = 1,
+};
+GGML_API void                      ggml_lowbit_set_cpu_path(enum ggml_lowbit_cpu_path path);
+GGML_API enum ggml_lowbit_cpu_path ggml_lowbit_get_cpu_path(void);
+
 // ggml_validate_row_data for the lowbit types (codes of 8 or 16 bits and sign bits cannot be out of range)
 GGML_API bool ggml_lowbit_validate_row_data(enum ggml_type type, const void * data, size_t nbytes);
 

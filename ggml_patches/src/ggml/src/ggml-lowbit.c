@@ -90,6 +90,16 @@ bool ggml_lowbit_check_sides(const struct ggml_tensor * weight, const struct ggm
     return false;
 }
 
+static enum ggml_lowbit_cpu_path cpu_path = GGML_LOWBIT_CPU_FASTEST;
+
+void ggml_lowbit_set_cpu_path(enum ggml_lowbit_cpu_path path) {
+    cpu_path = path;
+}
+
+enum ggml_lowbit_cpu_path ggml_lowbit_get_cpu_path(void) {
+    return cpu_path;
+}
+
 int64_t ggml_lowbit_ptq161_n_salient(const struct ggml_tensor * spill) {
     return spill->ne[0] / 3 * 8;
 }

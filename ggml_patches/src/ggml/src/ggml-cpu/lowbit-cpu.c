@@ -8,7 +8,9 @@
 //    order (salient channels first); a sign byte's table holds the sums of every subset of its 8 (column
 //    scaled) inputs, a salient byte's the products of its two 4-bit codes with their 2 inputs; with the
 //    per-token sums of the inputs, the row's scales and offsets finish the dot product, no multiply per
-//    weight. Rows split over threads.
+//    weight. Rows split over threads. With AVX-512, PTQ1.61 needs no tables: each 16 sign bits are the mask
+//    of one masked add of 16 inputs, each 16 salient codes one multiply-add (ggml_lowbit_set_cpu_path pins
+//    the tables, for the tests).
 //  - prompts (SGEMM_MIN_TOKENS and more): SGEMM_ROWS rows at a time are decoded to f32 by all threads, then
 //    multiplied with all tokens by ggml's own llamafile sgemm (all threads together). PTQ1.61 gathers the
 //    tokens into the rows' channel order first, so its rows decode with SIMD straight from the sign bits.
@@ -30,6 +32,9 @@
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #    include <immintrin.h>
 #    define LOWBIT_AVX2 1
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#    define LOWBIT_AVX512 1
 #endif
 
 #define TILE_ROWS      16
@@ -53,12 +58,13 @@ static bool takes_lut_path(const struct ggml_lowbit_type_info * info, int64_t n_
     return !use_ref && (aqlm8 || info->method == GGML_LOWBIT_METHOD_PTQ161) && n_tokens <= LUT_MAX_TOKENS;
 }
 
-static int64_t ptq161_lut_floats(const struct ggml_tensor * w, int64_t n_tokens);
+static int64_t ptq161_lut_floats(const struct ggml_tensor * w, int64_t n_tokens, int n_threads);
 
 // AQLM: transposed codebooks [M][8][256], then tables [n_tokens][n_blocks][M][256]
-static int64_t lut_floats(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * w, int64_t n_tokens) {
+static int64_t lut_floats(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * w, int64_t n_tokens,
+                          int n_threads) {
     if (info->method == GGML_LOWBIT_METHOD_PTQ161) {
-        return ptq161_lut_floats(w, n_tokens);
+        return ptq161_lut_floats(w, n_tokens, n_threads);
     }
     return align_floats(info->num_codebooks * 8 * 256) + n_tokens * (w->ne[0] / 8) * info->num_codebooks * 256;
 }
@@ -78,7 +84,7 @@ size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) 
     }
     floats = sgemm > floats ? sgemm : floats;
     if (takes_lut_path(info, n_tokens_of(dst), false)) {
-        const int64_t lut = lut_floats(info, dst->src[0], n_tokens_of(dst));
+        const int64_t lut = lut_floats(info, dst->src[0], n_tokens_of(dst), n_threads);
         floats = lut > floats ? lut : floats;
     }
     return (size_t) (floats + ALIGN_FLOATS) * sizeof(float);
@@ -454,9 +460,19 @@ static struct ptq161_layout ptq161_layout_of(const struct ggml_tensor * w) {
     return l;
 }
 
-static int64_t ptq161_lut_floats(const struct ggml_tensor * w, int64_t n_tokens) {
-    const struct ptq161_layout l = ptq161_layout_of(w);
-    return n_tokens * (l.token_floats + l.n_bytes * 256);
+// the tables path, or (AVX-512) each thread's own gathered tokens
+static int64_t ptq161_lut_floats(const struct ggml_tensor * w, int64_t n_tokens, int n_threads) {
+    const struct ptq161_layout l      = ptq161_layout_of(w);
+    const int64_t              tables = n_tokens * (l.token_floats + l.n_bytes * 256);
+    const int64_t              own    = n_threads * n_tokens * l.token_floats;
+    return tables > own ? tables : own;
+}
+
+// one row's output from its sums against a gathered token: sum of sign * input = 2 * (inputs whose bit is set)
+// - all of them; p = the row's params (binary scale, binary offset, salient scale, salient min)
+static inline float ptq161_row_output(const ggml_fp16_t * p, float pos, float sal, float sum_bin, float sum_sal) {
+    return GGML_CPU_FP16_TO_FP32(p[0]) * (2.0f * pos - sum_bin) + GGML_CPU_FP16_TO_FP32(p[1]) * sum_bin +
+           GGML_CPU_FP16_TO_FP32(p[2]) * sal + GGML_CPU_FP16_TO_FP32(p[3]) * sum_sal;
 }
 
 static void ptq161_build_tables(const struct ggml_compute_params * params, struct ggml_tensor * dst,
@@ -527,15 +543,120 @@ static void ptq161_mul_mat_lut(const struct ggml_compute_params * params, struct
             lut_accumulate(spill + rb * l.spill_bytes, l.spill_bytes, nrb, l.spill_bytes,
                            tables + (l.sign_bytes + l.sal_bytes_in_row) * 256, 0, sal);
             for (int64_t r = 0; r < nrb; ++r) {
-                const ggml_fp16_t * p = rp + (rb + r) * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
-                // sum of sign * input = 2 * (inputs with the bit set) - all of them
-                yt[rb + r] = GGML_CPU_FP16_TO_FP32(p[0]) * (2.0f * pos[r] - sum_bin) +
-                             GGML_CPU_FP16_TO_FP32(p[1]) * sum_bin + GGML_CPU_FP16_TO_FP32(p[2]) * sal[r] +
-                             GGML_CPU_FP16_TO_FP32(p[3]) * sum_sal;
+                yt[rb + r] = ptq161_row_output(rp + (rb + r) * GGML_LOWBIT_PTQ161_ROW_PARAMS_N, pos[r], sal[r],
+                                               sum_bin, sum_sal);
             }
         }
     }
 }
+
+#ifdef LOWBIT_AVX512
+// 16 salient codes (8 bytes, low nibble first; bytes: which of them to read) as floats
+static inline __m512 ptq161_codes16(const uint8_t * p, __mmask16 bytes) {
+    const __m128i b  = _mm_maskz_loadu_epi8(bytes, p);
+    const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(15));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(15));
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
+}
+
+// salient codes . inputs over one stretch of n_bytes code bytes per row (rows stride apart), whose first code
+// belongs to input xs[0]; s[i] accumulates row i
+static inline __attribute__((always_inline)) void ptq161_salient_avx512(const uint8_t * codes, size_t stride,
+                                                                        int n_rows, int64_t n_bytes,
+                                                                        const float * xs, __m512 * s) {
+    for (int64_t k = 0; k < n_bytes; k += 8) {
+        const int       nb    = n_bytes - k < 8 ? (int) (n_bytes - k) : 8;
+        const __mmask16 bytes = (__mmask16) ((1u << nb) - 1);
+        const __m512    x     = _mm512_maskz_loadu_ps((__mmask16) ((1u << (2 * nb)) - 1), xs + 2 * k);
+        for (int i = 0; i < n_rows; ++i) {
+            s[i] = _mm512_fmadd_ps(ptq161_codes16(codes + i * stride + k, bytes), x, s[i]);
+        }
+    }
+}
+
+// n_rows rows (1 or 4, a constant once inlined: the sums stay in registers) against gathered token g (sums
+// sum_bin, sum_sal), into y. P = inputs whose sign bit is set (16 bits = the mask of one masked add), Q =
+// salient codes . inputs; y = a (2P - S_bin) + m S_bin + scale Q + min S_sal as in ptq161_row_output, with
+// 2aP + scale Q summed as one vector so each row needs one horizontal sum.
+static inline __attribute__((always_inline)) void ptq161_rows_avx512(const uint8_t * rows, size_t row_bytes,
+                                                                     const uint8_t * spill, const ggml_fp16_t * rp,
+                                                                     const struct ptq161_layout * l, int n_rows,
+                                                                     const float * g, float sum_bin, float sum_sal,
+                                                                     float * y) {
+    __m512        p[4], s[4];
+    const float * gb    = g + l->n_sal;
+    const int64_t n_bin = 8 * l->sign_bytes;
+    for (int i = 0; i < n_rows; ++i) {
+        p[i] = s[i] = _mm512_setzero_ps();
+    }
+    const uint8_t * bits = rows;
+    const float *   x    = gb;
+    for (; x + 16 <= gb + n_bin; x += 16, bits += 2) {
+        const __m512 xv = _mm512_loadu_ps(x);
+        for (int i = 0; i < n_rows; ++i) {
+            uint16_t m;
+            memcpy(&m, bits + i * row_bytes, 2);
+            p[i] = _mm512_mask_add_ps(p[i], (__mmask16) m, p[i], xv);
+        }
+    }
+    if (x < gb + n_bin) {  // an odd sign byte: 8 inputs left
+        const __m512 xv = _mm512_maskz_loadu_ps(0xff, x);
+        for (int i = 0; i < n_rows; ++i) {
+            p[i] = _mm512_mask_add_ps(p[i], (__mmask16) bits[i * row_bytes], p[i], xv);
+        }
+    }
+    // salient codes: the first n_sal / 4 in the row after its sign bytes, the rest in the spill row
+    ptq161_salient_avx512(rows + l->sign_bytes, row_bytes, n_rows, l->sal_bytes_in_row, g, s);
+    ptq161_salient_avx512(spill, l->spill_bytes, n_rows, l->spill_bytes, g + 2 * l->sal_bytes_in_row, s);
+    for (int i = 0; i < n_rows; ++i) {
+        const ggml_fp16_t * pr = rp + i * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
+        const float a = GGML_CPU_FP16_TO_FP32(pr[0]), m = GGML_CPU_FP16_TO_FP32(pr[1]);
+        const float scale = GGML_CPU_FP16_TO_FP32(pr[2]), lo = GGML_CPU_FP16_TO_FP32(pr[3]);
+        const __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(2.0f * a), p[i], _mm512_mul_ps(_mm512_set1_ps(scale), s[i]));
+        y[i] = _mm512_reduce_add_ps(v) + (m - a) * sum_bin + lo * sum_sal;
+    }
+}
+
+// no tables, so no barrier: each thread gathers the tokens into its own part of work
+static void ptq161_mul_mat_avx512(const struct ggml_compute_params * params, struct ggml_tensor * dst,
+                                  const void * const * sides, float * work) {
+    const struct ggml_tensor * w        = dst->src[0];
+    const struct ptq161_layout l        = ptq161_layout_of(w);
+    const int64_t              d_in     = w->ne[0];
+    const int64_t              n_tokens = n_tokens_of(dst);
+    const uint8_t *            spill    = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_SPILL];
+    const ggml_fp16_t *        rp       = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_ROW_PARAMS];
+    float *                    own      = work + params->ith * n_tokens * l.token_floats;
+
+    int64_t r_begin, r_end;
+    thread_rows(params, w->ne[1], &r_begin, &r_end);
+    if (r_begin == r_end) {
+        return;
+    }
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        float * g = own + t * l.token_floats;
+        ptq161_gather_token(token_row(dst->src[1], t), (const uint8_t *) sides[GGML_LOWBIT_PTQ161_MASK],
+                            (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_COL_SCALE], d_in, l.n_sal, g, g + d_in,
+                            g + d_in + 1);
+    }
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const float * g  = own + t * l.token_floats;
+        float *       yt = token_row(dst, t);
+        for (int64_t r = r_begin; r < r_end;) {
+            const uint8_t *     rows = (const uint8_t *) w->data + r * w->nb[1];
+            const uint8_t *     sp   = spill + r * l.spill_bytes;
+            const ggml_fp16_t * p    = rp + r * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
+            if (r_end - r >= 4) {
+                ptq161_rows_avx512(rows, w->nb[1], sp, p, &l, 4, g, g[d_in], g[d_in + 1], yt + r);
+                r += 4;
+            } else {
+                ptq161_rows_avx512(rows, w->nb[1], sp, p, &l, 1, g, g[d_in], g[d_in + 1], yt + r);
+                r += 1;
+            }
+        }
+    }
+}
+#endif
 
 void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
     const struct ggml_tensor *           w    = dst->src[0];
@@ -561,6 +682,12 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
     GGML_ASSERT(params->wsize >= ggml_lowbit_cpu_work_size(dst, params->nth));
     if (takes_lut_path(info, n_tokens_of(dst), params->use_ref)) {
         if (info->method == GGML_LOWBIT_METHOD_PTQ161) {
+#ifdef LOWBIT_AVX512
+            if (ggml_lowbit_get_cpu_path() == GGML_LOWBIT_CPU_FASTEST) {
+                ptq161_mul_mat_avx512(params, dst, sides, work);
+                return;
+            }
+#endif
             ptq161_mul_mat_lut(params, dst, sides, work);
         } else {
             aqlm_mul_mat_lut(params, dst, info, sides, work);
