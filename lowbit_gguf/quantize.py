@@ -45,7 +45,7 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
     # An interrupted run leaves its checkpoint beside the output; running the same command resumes it.
     checkpoint_dir = checkpoint_dir or out.with_name(out.name + ".checkpoint")
     if spec.preprocess is not None:
-        spec.preprocess(model, tokens, parsed, device, progress)
+        spec.preprocess(model, tokens, parsed, device, progress, checkpoint_dir / "preprocess")
     result = quantize_model(model, tokens, spec, parsed, device=device, checkpoint_dir=checkpoint_dir,
                             progress=progress)
     decoded_dir = Path(save_decoded) if save_decoded else Path(tempfile.mkdtemp(prefix="lowbit-decoded-"))

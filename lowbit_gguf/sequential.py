@@ -180,8 +180,8 @@ class Checkpoint:
     def save_block(self, i: int, layers: dict[str, QuantizedLinear], hidden: torch.Tensor,
                    others: dict[str, torch.Tensor], float_hidden: torch.Tensor | None = None) -> None:
         saved = {name: {"payload": r.payload, "bpw": r.bits_per_weight} for name, r in layers.items()}
-        _atomic_save({"linears": saved, "others": others}, self.block_path(i))
-        _atomic_save({"after_block": i, "hidden": hidden.cpu(),
+        atomic_save({"linears": saved, "others": others}, self.block_path(i))
+        atomic_save({"after_block": i, "hidden": hidden.cpu(),
                       "float_hidden": None if float_hidden is None else float_hidden.cpu()},
                      self.folder / "hidden.pt")
 
@@ -194,7 +194,13 @@ class Checkpoint:
         return saved["hidden"], saved.get("float_hidden")
 
 
-def _atomic_save(obj, path: Path) -> None:
+def tokens_fingerprint(tokens: torch.Tensor) -> str:
+    """Short hash of the calibration tokens: a checkpoint only resumes the run that made it."""
+    return hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save that leaves either the old file or the whole new one, never a torn file."""
     partial = path.with_name(path.name + ".partial")
     torch.save(obj, partial)
     partial.replace(path)
@@ -215,9 +221,9 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
     result = QuantizationResult(method.name, config_dict)
     checkpoint = None
     if checkpoint_dir is not None:
-        token_hash = hashlib.sha256(calib_tokens.cpu().numpy().tobytes()).hexdigest()[:16]
         checkpoint = Checkpoint(checkpoint_dir, {"method": method.name, "config": config_dict,
-                                                 "calibration": token_hash, "blocks": len(blocks)})
+                                                 "calibration": tokens_fingerprint(calib_tokens),
+                                                 "blocks": len(blocks)})
     done = checkpoint.completed_blocks() if checkpoint else 0
 
     hidden, kwargs = capture_block_inputs(model, calib_tokens)

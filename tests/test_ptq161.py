@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.types import SALIENT_MASK, SALIENT_SPILL
 from lowbit_gguf.methods import get_method
 from lowbit_gguf.methods.ptq161 import PTQ161Config, bits_per_weight, n_salient
@@ -172,6 +173,63 @@ def test_restorative_lora_adds_low_rank_updates_that_help_the_quantized_model(tm
 
     plain = quantized_loss(make_tiny_llama(tmp_path / "p", layers=2))
     assert quantized_loss(model) < plain  # the preprocessed model quantizes to a better fit of the text
+
+
+def test_restorative_lora_resumes_after_interruption(tmp_path, monkeypatch):
+    """Stopped after the first adapter checkpoint, a rerun skips the first quantization pass, continues the
+    adapter training from that step and ends with exactly the weights of an uninterrupted run."""
+    from conftest import make_tiny_llama
+    from lowbit_gguf.methods import ptq161
+    from lowbit_gguf.sequential import atomic_save, block_linears, decoder_blocks
+
+    tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(6))
+    config = PTQ161Config(epochs=1, lora_rank=2, lora_steps=2 * ptq161.LORA_SAVE_EVERY + 3, lora_batch=2)
+
+    def weights(model):
+        return {f"{i}.{n}": l.weight.detach().clone() for i, b in enumerate(decoder_blocks(model))
+                for n, l in block_linears(b).items()}
+
+    reference = make_tiny_llama(tmp_path / "r", layers=2)
+    ptq161.restorative_lora(reference, tokens, config, progress=False)
+
+    def stop_after_adapters(obj, path):
+        atomic_save(obj, path)
+        if path.name == "adapters.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("lowbit_gguf.sequential.atomic_save", stop_after_adapters)
+    folder = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        ptq161.restorative_lora(make_tiny_llama(tmp_path / "a", layers=2), tokens, config, progress=False,
+                                checkpoint_dir=folder)
+    monkeypatch.setattr("lowbit_gguf.sequential.atomic_save", atomic_save)
+    assert torch.load(folder / "adapters.pt", weights_only=True)["step"] == ptq161.LORA_SAVE_EVERY
+
+    calls = {"quantize": 0, "steps": 0}
+    real_quantize, real_step = ptq161.METHOD.quantize, torch.optim.AdamW.step
+
+    def counting_quantize(*args):
+        calls["quantize"] += 1
+        return real_quantize(*args)
+
+    def counting_step(self, *args, **kwargs):
+        calls["steps"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ptq161, "METHOD", replace(ptq161.METHOD, quantize=counting_quantize))
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    resumed = make_tiny_llama(tmp_path / "b", layers=2)
+    ptq161.restorative_lora(resumed, tokens, config, progress=False, checkpoint_dir=folder)
+    assert calls == {"quantize": 0, "steps": config.lora_steps - ptq161.LORA_SAVE_EVERY}
+    for name, w in weights(reference).items():
+        torch.testing.assert_close(weights(resumed)[name], w, rtol=0, atol=0, msg=name)
+
+    # the saved result is reused as is; another config is refused rather than mixed in
+    again = make_tiny_llama(tmp_path / "c", layers=2)
+    ptq161.restorative_lora(again, tokens, config, progress=False, checkpoint_dir=folder)
+    assert calls["steps"] == config.lora_steps - ptq161.LORA_SAVE_EVERY
+    with pytest.raises(LowbitError, match="belongs to another run"):
+        ptq161.restorative_lora(again, tokens, PTQ161Config(lora_rank=3), progress=False, checkpoint_dir=folder)
 
 
 def test_lora_config_text():

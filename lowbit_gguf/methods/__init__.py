@@ -42,8 +42,9 @@ class MethodSpec:
     #                float block on the float model's own activations, tracked only when wants_float_targets.
     finetune_block: Callable | None = None
     wants_float_targets: bool = False
-    # preprocess(model, calibration tokens, config, device, progress): an optional stage that changes the float model's
-    # weights in place before the sequential driver quantizes it (None: no such stage).
+    # preprocess(model, calibration tokens, config, device, progress, checkpoint_dir): an optional stage that changes
+    # the float model's weights in place before the sequential driver quantizes it (None: no such stage); it keeps
+    # its progress in checkpoint_dir (None: nowhere) so an interrupted run resumes it.
     preprocess: Callable | None = None
     # payload -> PackedWeight (lowbit_gguf.gguf.write): the weight in the method's GGUF tensor type.
     # None: the GGUF carries the reference decode in F16.

@@ -236,21 +236,51 @@ class _LoRALinear(torch.nn.Module):
         return self.base(x) + (x @ self.a.T) @ self.b.T
 
 
+LORA_SAVE_EVERY = 16  # adapter training steps between checkpoints
+
+
 def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: str = "cpu",
-                     progress: bool = True) -> None:
+                     progress: bool = True, checkpoint_dir=None) -> None:
     """The paper's quantization preprocessing: quantize a copy of the model, train low-rank adapters on the
-    quantized copy, and add them to `model`'s float weights (in place). Off when config.lora_rank is 0."""
+    quantized copy, and add them to `model`'s float weights (in place). Off when config.lora_rank is 0.
+    With checkpoint_dir, the first quantization pass, the adapter training (every LORA_SAVE_EVERY steps) and the
+    result are saved there, and an interrupted run resumes where it stopped."""
     if config.lora_rank <= 0:
         return
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from lowbit_gguf.sequential import Checkpoint, atomic_save, block_linears, decoder_blocks, tokens_fingerprint
+
+    folder = None
+    if checkpoint_dir is not None:
+        folder = Path(checkpoint_dir)
+        Checkpoint(folder, {"stage": "restorative LoRA", "config": asdict(config),
+                            "calibration": tokens_fingerprint(tokens)})  # refuses another run's folder
+    if folder is not None and (folder / "deltas.pt").exists():
+        deltas = torch.load(folder / "deltas.pt", weights_only=True)
+    else:
+        deltas = _train_lora_deltas(model, tokens, config, device, progress, folder)
+        if folder is not None:
+            atomic_save(deltas, folder / "deltas.pt")
+    with torch.no_grad():
+        for i, block in enumerate(decoder_blocks(model)):
+            for name, linear in block_linears(block).items():
+                linear.weight += deltas[f"{i}.{name}"].to(linear.weight.dtype)
+
+
+def _train_lora_deltas(model, tokens, config: PTQ161Config, device: str, progress: bool, folder) -> dict:
+    """{"block.linear": B A} of adapters trained with the next-token loss on a quantized copy of model."""
     import copy
     from dataclasses import replace
 
     from tqdm import tqdm
 
-    from lowbit_gguf.sequential import block_linears, decoder_blocks, quantize_model
+    from lowbit_gguf.sequential import atomic_save, block_linears, decoder_blocks, quantize_model
 
     quantized = copy.deepcopy(model)
-    quantize_model(quantized, tokens, replace(METHOD, preprocess=None), config, device=device, progress=progress)
+    quantize_model(quantized, tokens, replace(METHOD, preprocess=None), config, device=device, progress=progress,
+                   checkpoint_dir=None if folder is None else folder / "first_pass")
     gen = torch.Generator().manual_seed(config.seed)
     adapters = {}
     for i, block in enumerate(decoder_blocks(quantized)):
@@ -268,7 +298,21 @@ def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: 
     quantized.to(device).train()
     opt = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=0.0)
     tokens = tokens.to(device)
-    bar = tqdm(range(config.lora_steps), desc="restorative LoRA", unit="step", disable=not progress)
+
+    state_path = None if folder is None else folder / "adapters.pt"
+    start = 0
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        with torch.no_grad():
+            for key, adapter in adapters.items():
+                adapter.a.copy_(state["adapters"][key]["a"])
+                adapter.b.copy_(state["adapters"][key]["b"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start = state["step"]
+
+    bar = tqdm(range(start, config.lora_steps), initial=start, total=config.lora_steps, desc="restorative LoRA",
+               unit="step", disable=not progress)
     for step in bar:
         rows = torch.randint(0, tokens.shape[0], (config.lora_batch,), generator=gen)
         loss = quantized(tokens[rows], labels=tokens[rows], use_cache=False).loss
@@ -276,11 +320,11 @@ def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: 
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    with torch.no_grad():
-        for i, block in enumerate(decoder_blocks(model)):
-            for name, linear in block_linears(block).items():
-                adapter = adapters[f"{i}.{name}"]
-                linear.weight += (adapter.b @ adapter.a).to(linear.weight.dtype).cpu()
+        if state_path is not None and (step + 1) % LORA_SAVE_EVERY == 0 and step + 1 < config.lora_steps:
+            atomic_save({"step": step + 1, "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                         "adapters": {k: {"a": a.a.detach().cpu(), "b": a.b.detach().cpu()}
+                                      for k, a in adapters.items()}}, state_path)
+    return {key: (a.b @ a.a).detach().cpu() for key, a in adapters.items()}
 
 
 METHOD = register(MethodSpec("ptq161", PTQ161Config, quantize, decode,
