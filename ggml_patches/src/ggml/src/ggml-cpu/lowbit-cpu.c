@@ -8,9 +8,10 @@
 //    order (salient channels first); a sign byte's table holds the sums of every subset of its 8 (column
 //    scaled) inputs, a salient byte's the products of its two 4-bit codes with their 2 inputs; with the
 //    per-token sums of the inputs, the row's scales and offsets finish the dot product, no multiply per
-//    weight. Rows split over threads. With AVX-512, PTQ1.61 needs no tables: each 16 sign bits are the mask
-//    of one masked add of 16 inputs, each 16 salient codes one multiply-add (ggml_lowbit_set_cpu_path pins
-//    the tables, for the tests).
+//    weight. Rows split over threads. With AVX-512 VNNI, PTQ1.61 needs no tables: the gathered input is
+//    rounded to int16 (one step for the salient inputs, one for the others: 15 bits, finer than the 8 of
+//    ggml's own Q8 activations), each 32 sign bits select 32 inputs that one int16 dot product sums, each 32
+//    salient codes are one int16 dot product (ggml_lowbit_set_cpu_path pins the tables, for the tests).
 //  - prompts (SGEMM_MIN_TOKENS and more): SGEMM_ROWS rows at a time are decoded to f32 by all threads, then
 //    multiplied with all tokens by ggml's own llamafile sgemm (all threads together). PTQ1.61 gathers the
 //    tokens into the rows' channel order first, so its rows decode with SIMD straight from the sign bits.
@@ -23,6 +24,7 @@
 #include "ggml-lowbit.h"
 #include "vec.h"
 
+#include <math.h>
 #include <string.h>
 
 #ifdef GGML_USE_LLAMAFILE
@@ -33,7 +35,7 @@
 #    include <immintrin.h>
 #    define LOWBIT_AVX2 1
 #endif
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #    define LOWBIT_AVX512 1
 #endif
 
@@ -446,6 +448,8 @@ struct ptq161_layout {
     int64_t n_sal, sign_bytes, sal_bytes_in_row, spill_bytes;  // per row
     int64_t n_bytes;                                           // table positions: sign, then salient bytes
     int64_t token_floats;                                      // gathered input + 2 sums, aligned
+    // AVX-512: int16 inputs, binarized ones padded to 32, salient ones in 32-slot chunks per 16 code bytes
+    int64_t bin_slots, sal_slots_row, sal_slots, i16_floats;
 };
 
 static struct ptq161_layout ptq161_layout_of(const struct ggml_tensor * w) {
@@ -457,6 +461,10 @@ static struct ptq161_layout ptq161_layout_of(const struct ggml_tensor * w) {
     l.spill_bytes             = 3 * l.n_sal / 8;
     l.n_bytes                 = l.sign_bytes + l.n_sal / 2;
     l.token_floats            = align_floats(d_in + 2);
+    l.bin_slots               = (d_in - l.n_sal + 31) / 32 * 32;
+    l.sal_slots_row           = (l.sal_bytes_in_row + 15) / 16 * 32;
+    l.sal_slots               = l.sal_slots_row + (l.spill_bytes + 15) / 16 * 32;
+    l.i16_floats              = align_floats((l.bin_slots + l.sal_slots) / 2 + 2);  // and the two steps
     return l;
 }
 
@@ -464,7 +472,7 @@ static struct ptq161_layout ptq161_layout_of(const struct ggml_tensor * w) {
 static int64_t ptq161_lut_floats(const struct ggml_tensor * w, int64_t n_tokens, int n_threads) {
     const struct ptq161_layout l      = ptq161_layout_of(w);
     const int64_t              tables = n_tokens * (l.token_floats + l.n_bytes * 256);
-    const int64_t              own    = n_threads * n_tokens * l.token_floats;
+    const int64_t              own    = n_threads * n_tokens * (l.token_floats + l.i16_floats);
     return tables > own ? tables : own;
 }
 
@@ -551,82 +559,108 @@ static void ptq161_mul_mat_lut(const struct ggml_compute_params * params, struct
 }
 
 #ifdef LOWBIT_AVX512
-// 16 salient codes (8 bytes, low nibble first; bytes: which of them to read) as floats
-static inline __m512 ptq161_codes16(const uint8_t * p, __mmask16 bytes) {
-    const __m128i b  = _mm_maskz_loadu_epi8(bytes, p);
-    const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(15));
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(15));
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
+static float absmax(const float * x, int64_t n) {
+    float m = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+        m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    }
+    return m;
 }
 
-// salient codes . inputs over one stretch of n_bytes code bytes per row (rows stride apart), whose first code
-// belongs to input xs[0]; s[i] accumulates row i
+// one gathered token (ptq161_gather_token) as int16 for ptq161_rows_avx512; returns {binary step, salient step}
+// at i16 + bin_slots + sal_slots. Salient inputs go in the codes' order: a chunk of 16 code bytes holds the 16
+// even inputs (low nibbles) in its first 16 slots and the 16 odd ones (high nibbles) in the next; the row's
+// code bytes and the spill row's are chunked separately. Unused slots are 0.
+static void ptq161_token_to_int16(const float * g, const struct ptq161_layout * l, int16_t * i16) {
+    const int64_t n_bin = 8 * l->sign_bytes;
+    const float   sb = absmax(g + l->n_sal, n_bin) / 32767.0f, ss = absmax(g, l->n_sal) / 32767.0f;
+    const float   ib = sb > 0.0f ? 1.0f / sb : 0.0f, is = ss > 0.0f ? 1.0f / ss : 0.0f;
+    int16_t *     bin = i16, *sal = i16 + l->bin_slots;
+    memset(i16, 0, (l->bin_slots + l->sal_slots) * sizeof(int16_t));
+    for (int64_t j = 0; j < n_bin; ++j) {
+        bin[j] = (int16_t) lrintf(g[l->n_sal + j] * ib);
+    }
+    for (int64_t k = 0; k < l->n_sal / 2; ++k) {  // code byte k holds salient inputs 2k and 2k + 1
+        const int64_t b    = k < l->sal_bytes_in_row ? k : k - l->sal_bytes_in_row;  // byte within its stretch
+        int16_t *     slot = sal + (k < l->sal_bytes_in_row ? 0 : l->sal_slots_row) + b / 16 * 32 + b % 16;
+        slot[0]            = (int16_t) lrintf(g[2 * k] * is);
+        slot[16]           = (int16_t) lrintf(g[2 * k + 1] * is);
+    }
+    float steps[2] = { sb, ss };
+    memcpy(i16 + l->bin_slots + l->sal_slots, steps, sizeof(steps));
+}
+
+// salient codes . int16 inputs over one stretch of n_bytes code bytes per row (rows stride apart): 16 bytes
+// -> their 16 low nibbles then 16 high nibbles as int16, one dot product with 32 arranged inputs
 static inline __attribute__((always_inline)) void ptq161_salient_avx512(const uint8_t * codes, size_t stride,
                                                                         int n_rows, int64_t n_bytes,
-                                                                        const float * xs, __m512 * s) {
-    for (int64_t k = 0; k < n_bytes; k += 8) {
-        const int       nb    = n_bytes - k < 8 ? (int) (n_bytes - k) : 8;
+                                                                        const int16_t * xs, __m512i * s) {
+    const __m128i nibble = _mm_set1_epi8(15);
+    for (int64_t k = 0; k < n_bytes; k += 16, xs += 32) {
+        const int       nb    = n_bytes - k < 16 ? (int) (n_bytes - k) : 16;
         const __mmask16 bytes = (__mmask16) ((1u << nb) - 1);
-        const __m512    x     = _mm512_maskz_loadu_ps((__mmask16) ((1u << (2 * nb)) - 1), xs + 2 * k);
+        const __m512i   x     = _mm512_loadu_si512(xs);
         for (int i = 0; i < n_rows; ++i) {
-            s[i] = _mm512_fmadd_ps(ptq161_codes16(codes + i * stride + k, bytes), x, s[i]);
+            const __m128i b  = _mm_maskz_loadu_epi8(bytes, codes + i * stride + k);
+            const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+            s[i] = _mm512_dpwssd_epi32(s[i], _mm512_cvtepu8_epi16(_mm256_set_m128i(hi, lo)), x);
         }
     }
 }
 
-// n_rows rows (1 or 4, a constant once inlined: the sums stay in registers) against gathered token g (sums
-// sum_bin, sum_sal), into y. P = inputs whose sign bit is set (16 bits = the mask of one masked add), Q =
-// salient codes . inputs; y = a (2P - S_bin) + m S_bin + scale Q + min S_sal as in ptq161_row_output, with
-// 2aP + scale Q summed as one vector so each row needs one horizontal sum.
+// n_rows rows (1 or 4, a constant once inlined: the sums stay in registers) against one int16 token (i16,
+// float sums sum_bin, sum_sal) into y: P = inputs whose sign bit is set (32 bits select 32 inputs, one dot
+// product with ones sums them), Q = salient codes . inputs, both exact in int32, then ptq161_row_output.
 static inline __attribute__((always_inline)) void ptq161_rows_avx512(const uint8_t * rows, size_t row_bytes,
                                                                      const uint8_t * spill, const ggml_fp16_t * rp,
                                                                      const struct ptq161_layout * l, int n_rows,
-                                                                     const float * g, float sum_bin, float sum_sal,
-                                                                     float * y) {
-    __m512        p[4], s[4];
-    const float * gb    = g + l->n_sal;
-    const int64_t n_bin = 8 * l->sign_bytes;
+                                                                     const int16_t * i16, float sum_bin,
+                                                                     float sum_sal, float * y) {
+    const __m512i ones = _mm512_set1_epi16(1);
+    __m512i       p[4], s[4];
     for (int i = 0; i < n_rows; ++i) {
-        p[i] = s[i] = _mm512_setzero_ps();
+        p[i] = s[i] = _mm512_setzero_si512();
     }
-    const uint8_t * bits = rows;
-    const float *   x    = gb;
-    for (; x + 16 <= gb + n_bin; x += 16, bits += 2) {
-        const __m512 xv = _mm512_loadu_ps(x);
+    int64_t k = 0;  // sign byte
+    for (; k + 4 <= l->sign_bytes; k += 4) {
+        const __m512i x = _mm512_loadu_si512(i16 + 8 * k);
         for (int i = 0; i < n_rows; ++i) {
-            uint16_t m;
-            memcpy(&m, bits + i * row_bytes, 2);
-            p[i] = _mm512_mask_add_ps(p[i], (__mmask16) m, p[i], xv);
+            uint32_t m;
+            memcpy(&m, rows + i * row_bytes + k, 4);
+            p[i] = _mm512_dpwssd_epi32(p[i], _mm512_maskz_mov_epi16((__mmask32) m, x), ones);
         }
     }
-    if (x < gb + n_bin) {  // an odd sign byte: 8 inputs left
-        const __m512 xv = _mm512_maskz_loadu_ps(0xff, x);
+    if (k < l->sign_bytes) {  // 1 to 3 sign bytes left; their inputs are padded with zeros to 32
+        const __m512i x = _mm512_loadu_si512(i16 + 8 * k);
         for (int i = 0; i < n_rows; ++i) {
-            p[i] = _mm512_mask_add_ps(p[i], (__mmask16) bits[i * row_bytes], p[i], xv);
+            uint32_t m = 0;
+            memcpy(&m, rows + i * row_bytes + k, (size_t) (l->sign_bytes - k));
+            p[i] = _mm512_dpwssd_epi32(p[i], _mm512_maskz_mov_epi16((__mmask32) m, x), ones);
         }
     }
-    // salient codes: the first n_sal / 4 in the row after its sign bytes, the rest in the spill row
-    ptq161_salient_avx512(rows + l->sign_bytes, row_bytes, n_rows, l->sal_bytes_in_row, g, s);
-    ptq161_salient_avx512(spill, l->spill_bytes, n_rows, l->spill_bytes, g + 2 * l->sal_bytes_in_row, s);
+    const int16_t * xs = i16 + l->bin_slots;
+    ptq161_salient_avx512(rows + l->sign_bytes, row_bytes, n_rows, l->sal_bytes_in_row, xs, s);
+    ptq161_salient_avx512(spill, l->spill_bytes, n_rows, l->spill_bytes, xs + l->sal_slots_row, s);
+    float steps[2];
+    memcpy(steps, i16 + l->bin_slots + l->sal_slots, sizeof(steps));
     for (int i = 0; i < n_rows; ++i) {
-        const ggml_fp16_t * pr = rp + i * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
-        const float a = GGML_CPU_FP16_TO_FP32(pr[0]), m = GGML_CPU_FP16_TO_FP32(pr[1]);
-        const float scale = GGML_CPU_FP16_TO_FP32(pr[2]), lo = GGML_CPU_FP16_TO_FP32(pr[3]);
-        const __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(2.0f * a), p[i], _mm512_mul_ps(_mm512_set1_ps(scale), s[i]));
-        y[i] = _mm512_reduce_add_ps(v) + (m - a) * sum_bin + lo * sum_sal;
+        y[i] = ptq161_row_output(rp + i * GGML_LOWBIT_PTQ161_ROW_PARAMS_N,
+                                 steps[0] * (float) _mm512_reduce_add_epi32(p[i]),
+                                 steps[1] * (float) _mm512_reduce_add_epi32(s[i]), sum_bin, sum_sal);
     }
 }
 
-// no tables, so no barrier: each thread gathers the tokens into its own part of work
+// no tables, so no barrier: each thread gathers and rounds the tokens into its own part of work
 static void ptq161_mul_mat_avx512(const struct ggml_compute_params * params, struct ggml_tensor * dst,
                                   const void * const * sides, float * work) {
-    const struct ggml_tensor * w        = dst->src[0];
-    const struct ptq161_layout l        = ptq161_layout_of(w);
-    const int64_t              d_in     = w->ne[0];
-    const int64_t              n_tokens = n_tokens_of(dst);
-    const uint8_t *            spill    = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_SPILL];
-    const ggml_fp16_t *        rp       = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_ROW_PARAMS];
-    float *                    own      = work + params->ith * n_tokens * l.token_floats;
+    const struct ggml_tensor * w         = dst->src[0];
+    const struct ptq161_layout l         = ptq161_layout_of(w);
+    const int64_t              d_in      = w->ne[0];
+    const int64_t              n_tokens  = n_tokens_of(dst);
+    const int64_t              per_token = l.token_floats + l.i16_floats;
+    const uint8_t *            spill     = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_SPILL];
+    const ggml_fp16_t *        rp        = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_ROW_PARAMS];
+    float *                    own       = work + params->ith * n_tokens * per_token;
 
     int64_t r_begin, r_end;
     thread_rows(params, w->ne[1], &r_begin, &r_end);
@@ -634,23 +668,25 @@ static void ptq161_mul_mat_avx512(const struct ggml_compute_params * params, str
         return;
     }
     for (int64_t t = 0; t < n_tokens; ++t) {
-        float * g = own + t * l.token_floats;
+        float * g = own + t * per_token;
         ptq161_gather_token(token_row(dst->src[1], t), (const uint8_t *) sides[GGML_LOWBIT_PTQ161_MASK],
                             (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_COL_SCALE], d_in, l.n_sal, g, g + d_in,
                             g + d_in + 1);
+        ptq161_token_to_int16(g, &l, (int16_t *) (g + l.token_floats));
     }
     for (int64_t t = 0; t < n_tokens; ++t) {
-        const float * g  = own + t * l.token_floats;
-        float *       yt = token_row(dst, t);
+        const float *   g   = own + t * per_token;
+        const int16_t * i16 = (const int16_t *) (g + l.token_floats);
+        float *         yt  = token_row(dst, t);
         for (int64_t r = r_begin; r < r_end;) {
             const uint8_t *     rows = (const uint8_t *) w->data + r * w->nb[1];
             const uint8_t *     sp   = spill + r * l.spill_bytes;
             const ggml_fp16_t * p    = rp + r * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
             if (r_end - r >= 4) {
-                ptq161_rows_avx512(rows, w->nb[1], sp, p, &l, 4, g, g[d_in], g[d_in + 1], yt + r);
+                ptq161_rows_avx512(rows, w->nb[1], sp, p, &l, 4, i16, g[d_in], g[d_in + 1], yt + r);
                 r += 4;
             } else {
-                ptq161_rows_avx512(rows, w->nb[1], sp, p, &l, 1, g, g[d_in], g[d_in + 1], yt + r);
+                ptq161_rows_avx512(rows, w->nb[1], sp, p, &l, 1, i16, g[d_in], g[d_in + 1], yt + r);
                 r += 1;
             }
         }
