@@ -357,10 +357,13 @@ static int32_t lowbit_weight_make(struct lowbit_weight * lw, int32_t type, const
     return 0;
 }
 
-int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row, int64_t n_rows,
-                          int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
-                          const void * const * side_data, const size_t * side_bytes, const float * x,
-                          int64_t n_tokens, float * out, int32_t n_threads, int32_t path) {
+// out = W x, computed n_repeat times over one graph and plan; *seconds (if not NULL) = the mean time of a
+// compute after a first one that warms caches
+static int32_t lowbit_mul_mat_run(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row,
+                                  int64_t n_rows, int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
+                                  const void * const * side_data, const size_t * side_bytes, const float * x,
+                                  int64_t n_tokens, float * out, int32_t n_threads, int32_t path, int32_t n_repeat,
+                                  double * seconds) {
     if (path < LB_PATH_FASTEST || path > LB_PATH_TABLES) {
         return set_error("unknown kernel path %d", path);
     }
@@ -385,10 +388,37 @@ int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, 
     plan.work_data = work;
     ggml_lowbit_set_cpu_path(path == LB_PATH_TABLES ? GGML_LOWBIT_CPU_TABLES : GGML_LOWBIT_CPU_FASTEST);
     enum ggml_status status = ggml_graph_compute(graph, &plan);
+    const int64_t start = ggml_time_us();
+    for (int32_t i = 1; i < n_repeat && status == GGML_STATUS_SUCCESS; ++i) {
+        status = ggml_graph_compute(graph, &plan);
+    }
+    if (seconds != NULL) {
+        *seconds = n_repeat > 1 ? (double) (ggml_time_us() - start) * 1e-6 / (n_repeat - 1) : 0.0;
+    }
     ggml_lowbit_set_cpu_path(GGML_LOWBIT_CPU_FASTEST);
     free(work);
     ggml_free(lw.ctx);
     return status == GGML_STATUS_SUCCESS ? 0 : set_error("ggml_graph_compute failed (status %d)", (int) status);
+}
+
+int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row, int64_t n_rows,
+                          int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
+                          const void * const * side_data, const size_t * side_bytes, const float * x,
+                          int64_t n_tokens, float * out, int32_t n_threads, int32_t path) {
+    return lowbit_mul_mat_run(type, codes, codes_bytes, n_per_row, n_rows, n_sides, side_types, side_ne, side_data,
+                              side_bytes, x, n_tokens, out, n_threads, path, 1, NULL);
+}
+
+int32_t lb_lowbit_time_mul_mat(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row,
+                               int64_t n_rows, int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
+                               const void * const * side_data, const size_t * side_bytes, const float * x,
+                               int64_t n_tokens, float * out, int32_t n_threads, int32_t path, int32_t n_repeat,
+                               double * seconds) {
+    if (n_repeat < 2) {
+        return set_error("timing needs at least 2 repeats (the first warms the caches), got %d", n_repeat);
+    }
+    return lowbit_mul_mat_run(type, codes, codes_bytes, n_per_row, n_rows, n_sides, side_types, side_ne, side_data,
+                              side_bytes, x, n_tokens, out, n_threads, path, n_repeat, seconds);
 }
 
 int32_t lb_lowbit_dequantize(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row,

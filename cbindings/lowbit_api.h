@@ -66,6 +66,14 @@ int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, 
                           const void * const * side_data, const size_t * side_bytes, const float * x,
                           int64_t n_tokens, float * out, int32_t n_threads, int32_t path);
 
+/* The same MUL_MAT computed n_repeat (>= 2) times over one graph, for kernel benchmarks: *seconds = the mean time
+ * of one compute after the first (which warms the caches), without the graph set-up. */
+int32_t lb_lowbit_time_mul_mat(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row,
+                               int64_t n_rows, int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,
+                               const void * const * side_data, const size_t * side_bytes, const float * x,
+                               int64_t n_tokens, float * out, int32_t n_threads, int32_t path, int32_t n_repeat,
+                               double * seconds);
+
 /* out (n_rows x n_per_row f32) = the plain C reference decode of the same weight. */
 int32_t lb_lowbit_dequantize(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row,
                              int64_t n_rows, int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,

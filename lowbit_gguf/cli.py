@@ -201,6 +201,35 @@ def bench(gguf_files, threads, n_prompt, n_gen, repetitions):
     click.echo(f"({threads} threads, {repetitions} repetitions, {os.cpu_count()} cores)")
 
 
+@cli.command("bench-kernels")
+@click.argument("gguf_files", type=existing_file, nargs=-1, required=True)
+@click.option("--block", default=0, show_default=True, help="Transformer block whose weights are timed.")
+@click.option("--tokens", default="1,4", show_default=True, help="Token counts (comma separated).")
+@click.option("--threads", "-t", default="1,2", show_default=True, help="Thread counts (comma separated).")
+@click.option("--paths", default="fastest,tables", show_default=True,
+              help="Kernel paths: fastest (what llama.cpp runs), tables (look-up tables), reference (plain C).")
+@click.option("--repeat", default=200, show_default=True, help="Matmuls per timing.")
+@click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
+def bench_kernels(gguf_files, block, tokens, threads, paths, repeat, rounds):
+    """Microseconds per CPU MUL_MAT of each lowbit weight of one block, kernel paths side by side."""
+    from tqdm import tqdm
+
+    from lowbit_gguf.gguf.inspect import read_summary
+    from lowbit_gguf.kernel_bench import format_timings, time_block_kernels
+
+    def numbers(text):
+        return tuple(int(v) for v in text.split(","))
+
+    path_list = tuple(p.strip() for p in paths.split(","))
+    files = [Path(f) for f in gguf_files]
+    with tqdm(desc="timing kernels", unit="case") as bar:
+        timings = time_block_kernels(files, block, numbers(tokens), numbers(threads), path_list, repeat, rounds,
+                                     progress=bar.update)
+    n_layers = len({t.name.split(".")[1] for t in read_summary(files[0]).tensors if t.name.startswith("blk.")})
+    click.echo(format_timings(timings, n_layers))
+    click.echo(f"({os.cpu_count()} cores; medians of {rounds} alternating rounds of {repeat} matmuls)")
+
+
 @cli.command("bench-suite")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")

@@ -57,3 +57,46 @@ def test_inconsistent_side_tensors_are_refused(case, message, tiny_ptq161, tmp_p
     bad = rewrite(tiny_ptq161[0], tmp_path / "bad.gguf", edit)
     with pytest.raises(BadGGUF, match=message):
         Model(bad, n_ctx=N_CTX)
+
+
+def test_weights_read_back_from_the_file_run_as_their_decode(tiny_ptq161, runtime_build):
+    """read_lowbit_weights gives the file's weights as PackedWeights: the kernels on them equal the Python
+    reference decode of the same weights (saved beside the file) and the timing API computes the same product."""
+    import torch
+    from safetensors.torch import load_file
+
+    from lowbit_gguf.gguf.inspect import read_lowbit_weights
+    from lowbit_gguf.runtime import lowbit_mul_mat
+    from lowbit_gguf.runtime.library import time_lowbit_mul_mat
+
+    path, decoded_dir = tiny_ptq161
+    weights = read_lowbit_weights(path, "blk.1.")
+    assert sorted(weights) == sorted(f"blk.1.{n}.weight" for n in (
+        "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
+    decoded = load_file(decoded_dir / "model.safetensors")["model.layers.1.mlp.down_proj.weight"].double()
+    x = np.random.default_rng(0).standard_normal((3, decoded.shape[1])).astype(np.float32)
+    got = lowbit_mul_mat(weights["blk.1.ffn_down.weight"], x, path="tables")
+    np.testing.assert_allclose(got, (torch.from_numpy(x).double() @ decoded.T).numpy(), rtol=1e-4, atol=1e-5)
+    timed, seconds = time_lowbit_mul_mat(weights["blk.1.ffn_down.weight"], x, path="tables", repeat=3)
+    np.testing.assert_array_equal(timed, got)
+    assert seconds > 0
+
+
+def test_file_without_a_side_tensor_is_refused_by_the_reader(tiny_ptq161, tmp_path):
+    from lowbit_gguf.gguf.inspect import read_lowbit_weights
+
+    broken = rewrite(tiny_ptq161[0], tmp_path / "broken.gguf",
+                     lambda name, data, ggml_type: None if name == "blk.0.attn_k.row_params" else (data, ggml_type))
+    with pytest.raises(BadGGUF, match="'blk.0.attn_k.weight' of type PTQ161 lacks its side tensor.*row_params"):
+        read_lowbit_weights(broken, "blk.0.")
+
+
+def test_bench_kernels_command(tiny_ptq161, runtime_build):
+    from click.testing import CliRunner
+
+    from lowbit_gguf.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench-kernels", str(tiny_ptq161[0]), "--tokens", "1", "--threads", "1",
+                                      "--repeat", "2", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "ffn_down" in result.output and "one block, 1 token(s), 1 thread(s), tables" in result.output

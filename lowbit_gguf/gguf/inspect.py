@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit_gguf.errors import BadGGUF
-from lowbit_gguf.gguf.types import LOWBIT_TYPES
+from lowbit_gguf.gguf.types import BY_ID, LOWBIT_TYPES
 
 SIDE_SUFFIXES = frozenset(s for t in LOWBIT_TYPES for s in t.sides)
 
@@ -92,3 +92,31 @@ def format_summary(summary: GGUFSummary, show_tensors: bool = True) -> str:
         f"{summary.bits_per_weight(linear_only=True):.3f} over block linear weights",
     ]
     return "\n".join(lines)
+
+
+def read_lowbit_weights(path: str | Path, prefix: str = "") -> dict:
+    """{weight name: PackedWeight} for the lowbit weights of a GGUF whose names start with prefix (e.g.
+    "blk.0."), with their side tensors, as the file stores them."""
+    import gguf
+    import numpy as np
+
+    from lowbit_gguf.gguf.write import PackedWeight
+
+    summary = read_summary(path)  # a readable file, or BadGGUF
+    tensors = {t.name: t for t in gguf.GGUFReader(summary.path).tensors if t.name.startswith(prefix)}
+    weights = {}
+    for name, t in tensors.items():
+        lowbit_type = BY_ID.get(int(t.tensor_type))
+        if lowbit_type is None:
+            continue
+        stem = name.removesuffix(".weight")
+        missing = [s for s in lowbit_type.sides if f"{stem}.{s}" not in tensors]
+        if missing:
+            raise BadGGUF(f"{path}: weight '{name}' of type {lowbit_type.name} lacks its side tensor(s) "
+                          + ", ".join(f"'{stem}.{s}'" for s in missing))
+        sides = {s: np.array(tensors[f"{stem}.{s}"].data) for s in lowbit_type.sides}
+        try:
+            weights[name] = PackedWeight(lowbit_type, np.array(t.data), sides, int(t.shape[0]))
+        except ValueError as exc:
+            raise BadGGUF(f"{path}: weight '{name}': {exc}") from exc
+    return weights

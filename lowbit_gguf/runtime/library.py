@@ -211,6 +211,17 @@ def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, path: str = "faste
     """x [n_tokens, d_in] -> W x [n_tokens, d_out] for a PackedWeight, through ggml's CPU MUL_MAT. path:
     "fastest" is what llama.cpp runs, "reference" ggml's reference path (plain C decode), "tables" the look-up
     tables where this build has a faster kernel for a few tokens (AVX-512 PTQ1.61)."""
+    return _lowbit_mul_mat(weight, x, n_threads, path, options)[0]
+
+
+def time_lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, path: str = "fastest", repeat: int = 100,
+                        options: BuildOptions = BuildOptions()) -> tuple[np.ndarray, float]:
+    """(W x, seconds per MUL_MAT): the mean of repeat - 1 computes of one ggml graph after a first that warms the
+    caches, without the graph set-up or Python in the time (for kernel benchmarks)."""
+    return _lowbit_mul_mat(weight, x, n_threads, path, options, repeat)
+
+
+def _lowbit_mul_mat(weight, x, n_threads, path, options, repeat=None):
     if path not in KERNEL_PATHS:
         raise ValueError(f"path must be one of {', '.join(KERNEL_PATHS)}, got {path!r}")
     lib = load_library(options)
@@ -219,12 +230,17 @@ def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, path: str = "faste
         raise ValueError(f"x must be [n_tokens, {weight.n_per_row}], got {list(x.shape)}")
     out = np.empty((x.shape[0], weight.d_out), dtype=np.float32)
     args, keep = _lowbit_args(weight)
-    rc = lib.lb_lowbit_mul_mat(*args, ffi.from_buffer("float[]", x), x.shape[0], ffi.from_buffer("float[]", out),
-                               n_threads, KERNEL_PATHS.index(path))
+    args += [ffi.from_buffer("float[]", x), x.shape[0], ffi.from_buffer("float[]", out), n_threads,
+             KERNEL_PATHS.index(path)]
+    seconds = ffi.new("double *")
+    if repeat is None:
+        rc = lib.lb_lowbit_mul_mat(*args)
+    else:
+        rc = lib.lb_lowbit_time_mul_mat(*args, repeat, seconds)
     del keep
     if rc < 0:
         raise LowbitError(last_error(lib))
-    return out
+    return out, seconds[0]
 
 
 def lowbit_dequantize(weight, options: BuildOptions = BuildOptions()) -> np.ndarray:
