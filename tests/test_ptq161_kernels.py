@@ -73,12 +73,14 @@ def test_mul_mat_matches_python_decode(n_tokens, n_rows, n_threads, path, runtim
 
 # row layouts of the small-batch kernels: (sign bytes, salient code bytes in the row, in the spill row)
 # 104/0.15: (11, 2, 6): an odd sign byte; 576/0.2: (58, 14, 42) and 1536/0.2: (154, 38, 114), the default
-# model's; code stretches not a multiple of 8 bytes. 37 rows: a group of 4 rows and single rows per thread.
-@pytest.mark.parametrize("d_in, ratio", [(104, 0.15), (576, 0.2), (1536, 0.2), (64, 0.5)])
-@pytest.mark.parametrize("n_tokens", [1, 4])
-@pytest.mark.parametrize("path", ["fastest", "tables"])
-def test_small_batch_paths_on_each_row_layout(d_in, ratio, n_tokens, path, runtime_build):
-    spec, config, payload = random_ptq161_payload(d_out=37, d_in=d_in, ratio=ratio, seed=d_in)
+# model's; code stretches not a multiple of 8 bytes. 37 rows: groups of 4 rows and single rows per thread; 70
+# tokens: the prompt path (sgemm, which needs a multiple of 4 rows: 40).
+@pytest.mark.parametrize("d_in, ratio", [(104, 0.15), (576, 0.2), (1536, 0.2), (64, 0.5), (576, 0.75)])
+@pytest.mark.parametrize("n_tokens, path", [(1, "fastest"), (4, "fastest"), (1, "tables"), (4, "tables"),
+                                            (70, "fastest")])
+def test_small_batch_and_prompt_paths_on_each_row_layout(d_in, ratio, n_tokens, path, runtime_build):
+    spec, config, payload = random_ptq161_payload(d_out=37 if n_tokens <= 4 else 40, d_in=d_in, ratio=ratio,
+                                                  seed=d_in)
     x = np.random.default_rng(d_in).standard_normal((n_tokens, d_in)).astype(np.float32)
     assert_mul_mat_matches(spec, payload, x, n_threads=2, path=path)
 
