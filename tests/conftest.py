@@ -89,6 +89,12 @@ def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int =
     return model
 
 
+def cpu_has(*flags: str) -> bool:
+    """Whether this machine's CPU reports every flag of /proc/cpuinfo (the native runtime build uses them)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.exists() and all(f" {flag}" in cpuinfo.read_text() for flag in flags)
+
+
 def random_aqlm_payload(config_text, d_out=24, d_in=64, seed=0):
     """(spec, config, payload) of an AQLM weight with random codes, codebooks and scales."""
     from lowbit_gguf.methods import get_method

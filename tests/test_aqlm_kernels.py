@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.write import PackedWeight
-from conftest import random_aqlm_payload
+from conftest import cpu_has, random_aqlm_payload
 
 pytestmark = pytest.mark.runtime
 
@@ -25,11 +25,12 @@ def test_c_reference_decode_equals_python_bit_for_bit(config_text, runtime_build
                                   spec.decode(payload, config).numpy())
 
 
-# 1 and 3 tokens take the look-up-table path for 8-bit codes, 17 the tile path; 2 threads split rows
+# 1, 2 and 3 tokens take the small-batch path for 8-bit codes (AVX2 codeword sums where built, tokens in pairs
+# then one; "tables" pins the look-up tables), 17 the tile path; 2 threads split rows (37: 4-row groups and a rest)
 @pytest.mark.parametrize("config_text", CONFIGS)
-@pytest.mark.parametrize("n_tokens", [1, 3, 17])
+@pytest.mark.parametrize("n_tokens", [1, 2, 3, 17])
 @pytest.mark.parametrize("n_threads", [1, 2])
-@pytest.mark.parametrize("path", ["fastest", "reference"])
+@pytest.mark.parametrize("path", ["fastest", "tables", "reference"])
 def test_mul_mat_matches_python_decode(config_text, n_tokens, n_threads, path, runtime_build):
     from lowbit_gguf.runtime import lowbit_mul_mat
 
@@ -39,6 +40,18 @@ def test_mul_mat_matches_python_decode(config_text, n_tokens, n_threads, path, r
     want, magnitude = reference_matmul(spec, config, payload, x)
     worst = np.max(np.abs(got - want) / (magnitude + 1e-6))
     assert worst < 1e-5, f"worst relative error {worst:.2e}"
+
+
+@pytest.mark.skipif(not cpu_has("avx2", "f16c", "fma"), reason="the codeword-sum kernel needs AVX2, F16C and FMA")
+def test_avx2_machines_take_the_codeword_sum_kernel(runtime_build):
+    """The native build of an AVX2 machine sums codewords for a few tokens instead of building tables."""
+    from lowbit_gguf.runtime import lowbit_mul_mat
+
+    spec, config, payload = random_aqlm_payload("2x8", d_out=64, d_in=576)
+    x = np.random.default_rng(2).standard_normal((1, 576)).astype(np.float32)
+    fastest, tables = (lowbit_mul_mat(spec.pack(payload, config), x, path=p) for p in ("fastest", "tables"))
+    assert not np.array_equal(fastest, tables)  # another summation order: close, not the same bits
+    np.testing.assert_allclose(fastest, tables, rtol=1e-5, atol=1e-5 * np.abs(tables).max())
 
 
 def test_mul_mat_on_a_real_quantized_layer(default_model_dir, runtime_build):

@@ -1,13 +1,12 @@
 """PTQ1.61 kernels of the patched runtime against the Python reference decode, on the same bytes."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.types import SALIENT_MASK, SALIENT_SPILL
-from conftest import random_ptq161_payload
+from conftest import cpu_has, random_ptq161_payload
 from test_aqlm_kernels import _unchecked
 
 pytestmark = pytest.mark.runtime
@@ -32,8 +31,7 @@ def test_c_reference_decode_equals_python(d_in, ratio, runtime_build):
 # The fastest kernel for up to 4 tokens on AVX-512 VNNI machines rounds the gathered input to int16 (15 bits
 # against the largest input of each part): errors of a few 1e-5 of the row's |x| . |w|, not float's 1e-7.
 INT16_INPUT_TOLERANCE = 1e-4
-HAS_AVX512_VNNI = all(flag in Path("/proc/cpuinfo").read_text() for flag in ("avx512bw", "avx512vl", "avx512_vnni")) \
-    if Path("/proc/cpuinfo").exists() else False
+HAS_AVX512_VNNI = cpu_has("avx512bw", "avx512vl", "avx512_vnni")
 
 
 def assert_mul_mat_matches(spec, payload, x, path="fastest", **kwargs):

@@ -11,7 +11,9 @@
 //    weight. Rows split over threads. With AVX-512 VNNI, PTQ1.61 needs no tables: the gathered input is
 //    rounded to int16 (one step for the salient inputs, one for the others: 15 bits, finer than the 8 of
 //    ggml's own Q8 activations), each 32 sign bits select 32 inputs that one int16 dot product sums, each 32
-//    salient codes are one int16 dot product (ggml_lowbit_set_cpu_path pins the tables, for the tests).
+//    salient codes are one int16 dot product. With AVX2, AQLM needs no tables either: a group's codewords
+//    are summed from f32 codebooks kept in L1 and multiply-added with the tokens (ggml_lowbit_set_cpu_path
+//    pins the tables, for the tests and the benchmarks).
 //  - prompts (SGEMM_MIN_TOKENS and more): SGEMM_ROWS rows at a time are decoded to f32 by all threads, then
 //    multiplied with all tokens by ggml's own llamafile sgemm (all threads together). PTQ1.61 gathers the
 //    tokens into the rows' channel order first, so its rows decode with SIMD straight from the sign bits.
@@ -68,7 +70,9 @@ static int64_t lut_floats(const struct ggml_lowbit_type_info * info, const struc
     if (info->method == GGML_LOWBIT_METHOD_PTQ161) {
         return ptq161_lut_floats(w, n_tokens, n_threads);
     }
-    return align_floats(info->num_codebooks * 8 * 256) + n_tokens * (w->ne[0] / 8) * info->num_codebooks * 256;
+    const int64_t tables = align_floats(info->num_codebooks * 8 * 256) + n_tokens * (w->ne[0] / 8) * info->num_codebooks * 256;
+    const int64_t direct = n_threads * align_floats(info->num_codebooks * 8 * 256);  // a codebook copy per thread
+    return tables > direct ? tables : direct;
 }
 
 static int64_t tile_floats_per_thread(int64_t n_per_row) {
@@ -443,6 +447,120 @@ static void aqlm_mul_mat_lut(const struct ggml_compute_params * params, struct g
     }
 }
 
+#ifdef LOWBIT_AVX2
+// AQLM with 8-bit codes, a few tokens, no tables: each group's M codewords (f32, this thread's copy of the
+// codebooks: 8 KiB each, they stay in L1) are summed into the group's 8 weights, which multiply-add with NT
+// tokens; NR rows at a time so NR x NT accumulators hide the FMA latency. A table per token would cost
+// 256 x 8 multiply-adds per group and codebook: more than the matmul itself unless a layer has thousands of rows.
+// NR, NT and M are constants at each call, so the loops unroll and the accumulators live in registers.
+static inline __attribute__((always_inline)) void aqlm_direct_rows(const uint8_t * const * rows, const int M,
+                                                                   int64_t n_blocks, const float * cb,
+                                                                   const float * const * xs, const int NR,
+                                                                   const int NT, float * sums) {
+    __m256 acc[4][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; ++i) {
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; ++t) {
+            acc[i][t] = _mm256_setzero_ps();
+        }
+    }
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        __m256 x[2];
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; ++t) {
+            x[t] = _mm256_loadu_ps(xs[t] + b * 8);
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; ++i) {
+            const uint8_t * code = rows[i] + b * M;
+            __m256          w    = _mm256_load_ps(cb + (size_t) code[0] * 8);
+#pragma GCC unroll 4
+            for (int m = 1; m < M; ++m) {
+                w = _mm256_add_ps(w, _mm256_load_ps(cb + ((size_t) m * 256 + code[m]) * 8));
+            }
+#pragma GCC unroll 2
+            for (int t = 0; t < NT; ++t) {
+                acc[i][t] = _mm256_fmadd_ps(w, x[t], acc[i][t]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; ++i) {
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; ++t) {
+            const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[i][t]), _mm256_extractf128_ps(acc[i][t], 1));
+            const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            sums[t * 4 + i] = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+        }
+    }
+}
+
+// one call per (rows, tokens) shape and codebook count 1, 2 or other
+static void aqlm_direct_dispatch(const uint8_t * const * rows, int M, int64_t n_blocks, const float * cb,
+                                 const float * const * xs, int nt, float * sums) {
+    if (nt == 2) {
+        if (M == 2) {
+            aqlm_direct_rows(rows, 2, n_blocks, cb, xs, 2, 2, sums);
+        } else if (M == 1) {
+            aqlm_direct_rows(rows, 1, n_blocks, cb, xs, 2, 2, sums);
+        } else {
+            aqlm_direct_rows(rows, M, n_blocks, cb, xs, 2, 2, sums);
+        }
+    } else {
+        if (M == 2) {
+            aqlm_direct_rows(rows, 2, n_blocks, cb, xs, 4, 1, sums);
+        } else if (M == 1) {
+            aqlm_direct_rows(rows, 1, n_blocks, cb, xs, 4, 1, sums);
+        } else {
+            aqlm_direct_rows(rows, M, n_blocks, cb, xs, 4, 1, sums);
+        }
+    }
+}
+
+// tokens in pairs (2 rows at a time), then a single one (4 rows); a last group short of rows repeats its last
+// row and drops the extra sums. Each thread converts its own copy of the codebooks (no barrier).
+static void aqlm_mul_mat_direct(const struct ggml_compute_params * params, struct ggml_tensor * dst,
+                                const struct ggml_lowbit_type_info * info, const void * const * sides, float * work) {
+    const struct ggml_tensor * w         = dst->src[0];
+    const int                  M         = info->num_codebooks;
+    const int64_t              n_blocks  = w->ne[0] / 8;
+    const int64_t              n_tokens  = n_tokens_of(dst);
+    const ggml_fp16_t *        codebook  = (const ggml_fp16_t *) sides[0];
+    const ggml_fp16_t *        row_scale = (const ggml_fp16_t *) sides[1];
+    float *                    cb        = work + params->ith * align_floats(M * 256 * 8);
+
+    int64_t r_begin, r_end;
+    thread_rows(params, w->ne[1], &r_begin, &r_end);
+    if (r_begin == r_end) {
+        return;
+    }
+    for (int64_t i = 0; i < M * 256 * 8; i += 8) {
+        _mm256_store_ps(cb + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (codebook + i))));
+    }
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += 2) {
+        const int     nt    = n_tokens - t0 >= 2 ? 2 : 1;
+        const int     group = nt == 2 ? 2 : 4;
+        const float * xs[2] = { token_row(dst->src[1], t0), token_row(dst->src[1], t0 + nt - 1) };
+        float *       ys[2] = { token_row(dst, t0), token_row(dst, t0 + nt - 1) };
+        for (int64_t r = r_begin; r < r_end; r += group) {
+            const int       nr = r_end - r < group ? (int) (r_end - r) : group;
+            const uint8_t * rows[4];
+            for (int i = 0; i < 4; ++i) {
+                rows[i] = (const uint8_t *) w->data + (r + (i < nr ? i : nr - 1)) * w->nb[1];
+            }
+            float sums[8];
+            aqlm_direct_dispatch(rows, M, n_blocks, cb, xs, nt, sums);
+            for (int t = 0; t < nt; ++t) {
+                for (int i = 0; i < nr; ++i) {
+                    ys[t][r + i] = sums[t * 4 + i] * GGML_CPU_FP16_TO_FP32(row_scale[r + i]);
+                }
+            }
+        }
+    }
+}
+#endif
+
 // PTQ1.61 work: per token the gathered input [d_in] and its two sums, then the tables [n_bytes][256]
 struct ptq161_layout {
     int64_t n_sal, sign_bytes, sal_bytes_in_row, spill_bytes;  // per row
@@ -726,6 +844,12 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
 #endif
             ptq161_mul_mat_lut(params, dst, sides, work);
         } else {
+#ifdef LOWBIT_AVX2
+            if (ggml_lowbit_get_cpu_path() == GGML_LOWBIT_CPU_FASTEST) {
+                aqlm_mul_mat_direct(params, dst, info, sides, work);
+                return;
+            }
+#endif
             aqlm_mul_mat_lut(params, dst, info, sides, work);
         }
     } else if (n_tokens_of(dst) >= SGEMM_MIN_TOKENS && mul_mat_sgemm(params, dst, info, sides, work)) {
