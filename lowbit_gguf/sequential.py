@@ -182,8 +182,8 @@ class Checkpoint:
         saved = {name: {"payload": r.payload, "bpw": r.bits_per_weight} for name, r in layers.items()}
         atomic_save({"linears": saved, "others": others}, self.block_path(i))
         atomic_save({"after_block": i, "hidden": hidden.cpu(),
-                      "float_hidden": None if float_hidden is None else float_hidden.cpu()},
-                     self.folder / "hidden.pt")
+                     "float_hidden": None if float_hidden is None else float_hidden.cpu()},
+                    self.folder / "hidden.pt")
 
     def load_block(self, i: int) -> dict:
         return torch.load(self.block_path(i), weights_only=True)

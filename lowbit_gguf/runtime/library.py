@@ -210,7 +210,7 @@ def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, path: str = "faste
                    options: BuildOptions = BuildOptions()) -> np.ndarray:
     """x [n_tokens, d_in] -> W x [n_tokens, d_out] for a PackedWeight, through ggml's CPU MUL_MAT. path:
     "fastest" is what llama.cpp runs, "reference" ggml's reference path (plain C decode), "tables" the look-up
-    tables where this build has a faster kernel for a few tokens (AVX-512 PTQ1.61)."""
+    tables where this build has a faster kernel for a few tokens (AVX2 AQLM, AVX-512 PTQ1.61)."""
     return _lowbit_mul_mat(weight, x, n_threads, path, options)[0]
 
 

@@ -496,25 +496,17 @@ static inline __attribute__((always_inline)) void aqlm_direct_rows(const uint8_t
     }
 }
 
-// one call per (rows, tokens) shape and codebook count 1, 2 or other
-static void aqlm_direct_dispatch(const uint8_t * const * rows, int M, int64_t n_blocks, const float * cb,
-                                 const float * const * xs, int nt, float * sums) {
-    if (nt == 2) {
-        if (M == 2) {
-            aqlm_direct_rows(rows, 2, n_blocks, cb, xs, 2, 2, sums);
-        } else if (M == 1) {
-            aqlm_direct_rows(rows, 1, n_blocks, cb, xs, 2, 2, sums);
-        } else {
-            aqlm_direct_rows(rows, M, n_blocks, cb, xs, 2, 2, sums);
-        }
+// the codebook count as a constant where it is 2 or 1 (2x8, 1x8), so its loop unrolls too
+static inline __attribute__((always_inline)) void aqlm_direct_rows_m(const uint8_t * const * rows, int M,
+                                                                     int64_t n_blocks, const float * cb,
+                                                                     const float * const * xs, const int NR,
+                                                                     const int NT, float * sums) {
+    if (M == 2) {
+        aqlm_direct_rows(rows, 2, n_blocks, cb, xs, NR, NT, sums);
+    } else if (M == 1) {
+        aqlm_direct_rows(rows, 1, n_blocks, cb, xs, NR, NT, sums);
     } else {
-        if (M == 2) {
-            aqlm_direct_rows(rows, 2, n_blocks, cb, xs, 4, 1, sums);
-        } else if (M == 1) {
-            aqlm_direct_rows(rows, 1, n_blocks, cb, xs, 4, 1, sums);
-        } else {
-            aqlm_direct_rows(rows, M, n_blocks, cb, xs, 4, 1, sums);
-        }
+        aqlm_direct_rows(rows, M, n_blocks, cb, xs, NR, NT, sums);
     }
 }
 
@@ -550,7 +542,11 @@ static void aqlm_mul_mat_direct(const struct ggml_compute_params * params, struc
                 rows[i] = (const uint8_t *) w->data + (r + (i < nr ? i : nr - 1)) * w->nb[1];
             }
             float sums[8];
-            aqlm_direct_dispatch(rows, M, n_blocks, cb, xs, nt, sums);
+            if (group == 2) {
+                aqlm_direct_rows_m(rows, M, n_blocks, cb, xs, 2, 2, sums);
+            } else {
+                aqlm_direct_rows_m(rows, M, n_blocks, cb, xs, 4, 1, sums);
+            }
             for (int t = 0; t < nt; ++t) {
                 for (int i = 0; i < nr; ++i) {
                     ys[t][r + i] = sums[t * 4 + i] * GGML_CPU_FP16_TO_FP32(row_scale[r + i]);
