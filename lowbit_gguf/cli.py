@@ -115,6 +115,41 @@ def quantize(model_dir, method, config, output, calib_text, samples, seq_len, de
 
 
 @cli.command()
+@click.argument("gguf_file", type=existing_file)
+@click.argument("model_dir", type=existing_dir)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write.")
+@click.option("--epochs", default=1, show_default=True, help="Passes over the calibration sequences.")
+@click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--batch", default=2, show_default=True, help="Sequences per step.")
+@click.option("--calib-text", default="calibration", show_default=True,
+              help="'calibration' (the default text) or a UTF-8 file.")
+@click.option("--samples", default=128, show_default=True, help="Calibration sequences.")
+@click.option("--seq-len", default=512, show_default=True, help="Tokens per calibration sequence.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Resume folder (default: OUTPUT.checkpoint); rerun the same command to resume.")
+@click.option("--save-decoded", type=click.Path(path_type=Path), default=None,
+              help="Also keep the reference-decoded model as a Hugging Face checkpoint here.")
+@click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
+              help="Type of the token embeddings and output head.")
+def finetune(gguf_file, model_dir, output, epochs, lr, batch, calib_text, samples, seq_len, checkpoint,
+             save_decoded, embedding_type):
+    """Fine-tune a quantized GGUF end to end against its float MODEL_DIR and write a new GGUF.
+
+    Codebooks, scales and norms are trained, codes fixed, to match the float model's next-token
+    distribution (KL divergence) on calibration text: AQLM's global fine-tuning. The file keeps its size
+    and speed."""
+    from lowbit_gguf.finetune import finetune_gguf
+
+    report = finetune_gguf(gguf_file, model_dir, output, epochs=epochs, lr=lr, batch=batch, calib_text=calib_text,
+                           n_samples=samples, seq_len=seq_len, checkpoint_dir=checkpoint,
+                           save_decoded=save_decoded, embedding_type=embedding_type)
+    losses = report.losses
+    tail = losses[-max(1, len(losses) // 8):]
+    click.echo(f"wrote {report.gguf}: {report.steps} steps, KL {losses[0]:.4f} (first step) -> "
+               f"{sum(tail) / len(tail):.4f} (mean of the last {len(tail)}), {report.seconds:.0f} s")
+
+
+@cli.command()
 def methods():
     """List the registered quantization methods."""
     from lowbit_gguf.methods import METHODS, available_methods

@@ -48,6 +48,19 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
         spec.preprocess(model, tokens, parsed, device, progress, checkpoint_dir / "preprocess")
     result = quantize_model(model, tokens, spec, parsed, device=device, checkpoint_dir=checkpoint_dir,
                             progress=progress)
+    export_gguf(model, model_dir, result.layers, spec, parsed, out,
+                {"quantize_seconds": f"{time.time() - started:.1f}"}, save_decoded=save_decoded,
+                embedding_type=embedding_type, progress=progress)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return QuantizeReport(result, out, time.time() - started)
+
+
+def export_gguf(model, model_dir: Path, layers: dict, spec, config, out: Path, metadata: dict[str, str], *,
+                save_decoded: Path | None = None, embedding_type: str = "q8_0", progress: bool = True) -> Path:
+    """Write `model` (its linears already hold the reference decodes of `layers`, by module name) as a GGUF
+    at out: llama.cpp's converter writes it in F16, then each layer of a method with a GGUF type becomes
+    codes plus side tensors. metadata: extra lowbit_gguf.* keys besides the method and its config."""
+    model_dir, out = Path(model_dir), Path(out)
     decoded_dir = Path(save_decoded) if save_decoded else Path(tempfile.mkdtemp(prefix="lowbit-decoded-"))
     try:
         model.save_pretrained(decoded_dir)
@@ -56,20 +69,16 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
             if (model_dir / name).exists():
                 shutil.copy2(model_dir / name, decoded_dir / name)
         if spec.pack is None:
-            convert(decoded_dir, out, "f16", quiet=True)
-        else:
-            f16 = out.with_name(out.name + ".f16-decode")
-            convert(decoded_dir, f16, "f16", quiet=True)
-            try:
-                packed = {name: spec.pack(r.payload, parsed) for name, r in result.layers.items()}
-                write_lowbit_gguf(f16, out, packed, {name: r.decoded for name, r in result.layers.items()},
-                                  {"method": method, "config": json.dumps(asdict(parsed)),
-                                   "quantize_seconds": f"{time.time() - started:.1f}"},
-                                  embedding_type=embedding_type, progress=progress)
-            finally:
-                f16.unlink(missing_ok=True)
+            return convert(decoded_dir, out, "f16", quiet=True)
+        f16 = out.with_name(out.name + ".f16-decode")
+        convert(decoded_dir, f16, "f16", quiet=True)
+        try:
+            packed = {name: spec.pack(r.payload, config) for name, r in layers.items()}
+            return write_lowbit_gguf(f16, out, packed, {name: r.decoded for name, r in layers.items()},
+                                     {"method": spec.name, "config": json.dumps(asdict(config)), **metadata},
+                                     embedding_type=embedding_type, progress=progress)
+        finally:
+            f16.unlink(missing_ok=True)
     finally:
         if not save_decoded:
             shutil.rmtree(decoded_dir, ignore_errors=True)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return QuantizeReport(result, out, time.time() - started)

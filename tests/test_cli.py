@@ -38,6 +38,16 @@ def test_inspect_unreadable_gguf(tmp_path):
     assert result.exit_code == 1 and "no such GGUF file" in result.output
 
 
+def test_finetune_unreadable_gguf(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\xff" * 60)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    result = invoke("finetune", bad, tmp_path / "model", "-o", tmp_path / "x.gguf")
+    assert result.exit_code == 1 and "is not a readable GGUF file" in result.output
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def test_quantize_unknown_method(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     result = invoke("quantize", tmp_path, "--method", "nope", "-o", tmp_path / "x.gguf")

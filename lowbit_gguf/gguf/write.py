@@ -65,14 +65,37 @@ def llama_rows_permutation(d_out: int, n_head: int) -> np.ndarray:
     return rows.reshape(n_head, 2, d_out // n_head // 2).swapaxes(1, 2).reshape(d_out)
 
 
+def row_orders(d_out: int, head_counts: list[int]) -> list[np.ndarray]:
+    """The row orders a converted weight may have: as is, or permuted as Llama's q/k for a head count."""
+    return [np.arange(d_out)] + [llama_rows_permutation(d_out, h) for h in head_counts
+                                 if h > 0 and d_out % (2 * h) == 0]
+
+
+def head_counts_of(reader: gguf.GGUFReader, arch: str) -> list[int]:
+    """The attention head counts (query, key/value) a GGUF's metadata gives."""
+    counts = []
+    for key in (f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv"):
+        field = reader.get_field(key)
+        if field is not None:
+            counts.append(int(field.contents()))
+    return counts
+
+
+def tensor_names_of(reader: gguf.GGUFReader, path: Path) -> tuple[str, gguf.TensorNameMap]:
+    """A GGUF's architecture and llama.cpp's map from Hugging Face tensor names to its names."""
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    arch_enum = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}.get(arch)
+    if arch_enum is None:
+        raise BadGGUF(f"{path}: architecture {arch!r} is unknown to the gguf package")
+    n_blocks = reader.get_field(f"{arch}.block_count").contents()
+    return arch, gguf.get_tensor_name_map(arch_enum, n_blocks)
+
+
 def _row_order(name: str, decoded: torch.Tensor, stored: np.ndarray, head_counts: list[int]) -> np.ndarray:
     """The permutation p with decoded[p] == the F16 tensor the converter wrote (to f16 precision)."""
     ref = decoded.float().numpy()
     tol = 1e-3 * max(float(np.abs(ref).max()), 1e-6)
-    candidates = [np.arange(ref.shape[0])]
-    candidates += [llama_rows_permutation(ref.shape[0], h) for h in head_counts
-                   if h > 0 and ref.shape[0] % (2 * h) == 0]
-    for perm in candidates:
+    for perm in row_orders(ref.shape[0], head_counts):
         if np.abs(ref[perm] - stored.astype(np.float32)).max() <= tol:
             return perm
     raise LowbitError(f"{name}: the F16 conversion does not hold this weight's decode in any known row order; "
@@ -103,17 +126,8 @@ def write_lowbit_gguf(source: Path, out: Path, packed: dict[str, PackedWeight], 
         raise LowbitError(f"embedding type {embedding_type!r} is not one of {', '.join(EMBEDDING_TYPES)}")
     source, out = Path(source), Path(out)
     reader = gguf.GGUFReader(source)
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
-    arch_enum = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}.get(arch)
-    if arch_enum is None:
-        raise BadGGUF(f"{source}: architecture {arch!r} is unknown to the gguf package")
-    n_blocks = reader.get_field(f"{arch}.block_count").contents()
-    head_counts = []
-    for key in (f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv"):
-        field = reader.get_field(key)
-        if field is not None:
-            head_counts.append(int(field.contents()))
-    names = gguf.get_tensor_name_map(arch_enum, n_blocks)
+    arch, names = tensor_names_of(reader, source)
+    head_counts = head_counts_of(reader, arch)
     by_gguf_name = {}
     for module, weight in packed.items():
         gguf_name = names.get_name(module + ".weight", try_suffixes=(".weight",))

@@ -49,6 +49,10 @@ class MethodSpec:
     # payload -> PackedWeight (lowbit_gguf.gguf.write): the weight in the method's GGUF tensor type.
     # None: the GGUF carries the reference decode in F16.
     pack: Callable | None = None
+    # PackedWeight -> payload: the inverse of pack, for tools that start from a GGUF (lowbit_gguf.finetune).
+    unpack: Callable | None = None
+    # payload parts that end-to-end fine-tuning may train, codes fixed (empty: the method has none)
+    finetune_keys: tuple[str, ...] = ()
 
     def parse_config(self, text):
         """A config from its compact text ('2x8'), None (the defaults), or a config object as is."""

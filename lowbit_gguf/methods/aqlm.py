@@ -256,6 +256,19 @@ def pack(payload: dict[str, torch.Tensor], config: AQLMConfig):
     )
 
 
+def unpack(weight, config: AQLMConfig) -> dict[str, torch.Tensor]:
+    """The payload of a PackedWeight that pack wrote (rows in the order the file stores them)."""
+    from lowbit_gguf.gguf.types import CODEBOOK, ROW_SCALE
+
+    codes = weight.codes.view(np.uint8 if config.nbits == 8 else "<u2").astype(np.int64)
+    codes = codes.reshape(weight.d_out, weight.n_per_row // config.group_size, config.num_codebooks)
+    index_dtype = torch.int16 if config.nbits <= 15 else torch.int32
+    return {"codes": torch.from_numpy(codes).to(index_dtype),
+            "codebooks": torch.from_numpy(np.array(weight.sides[CODEBOOK], np.float16)),
+            "scales": torch.from_numpy(np.array(weight.sides[ROW_SCALE], np.float16))}
+
+
 register(MethodSpec("aqlm", AQLMConfig, quantize, decode,
                     "additive quantization: M codebooks of 2^B over groups of 8 (2x8, 1x16, 1x8)",
-                    finetune_block=finetune_block, pack=pack))
+                    finetune_block=finetune_block, pack=pack, unpack=unpack,
+                    finetune_keys=("codebooks", "scales")))

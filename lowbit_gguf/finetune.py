@@ -1,0 +1,220 @@
+"""End-to-end fine-tuning of a quantized GGUF against its float model (AQLM's global fine-tuning stage).
+
+Block-by-block quantization makes each block match the float block on its own inputs, but the errors still
+compound through the depth. The reference AQLM implementation therefore tunes every layer's codebooks and
+scales and the model's norms together, codes fixed, so that the quantized model's next-token distribution
+matches the float model's (KL divergence) on calibration text. finetune_gguf does this for a lowbit GGUF of any
+method that names trainable payload parts (MethodSpec.finetune_keys) and writes a new GGUF with the same codes:
+the file's tensor types, size and speed do not change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import gguf
+from lowbit_gguf.errors import BadGGUF, LowbitError
+
+SAVE_EVERY = 8  # optimizer steps between checkpoints
+# Cosine similarity a stored decode must have with the model's float weight: about 0.5 and more for 1-2 bit
+# AQLM layers, about 0 for another model's weight of the same shape.
+MIN_SIMILARITY = 0.2
+
+
+@dataclass
+class FinetuneReport:
+    gguf: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)  # KL per step (nats per token), resumed steps included
+    seconds: float = 0.0
+
+
+def read_method(reader: gguf.GGUFReader, path: Path):
+    """(MethodSpec, config) that a lowbit GGUF was quantized with, from its lowbit_gguf.* metadata."""
+    from lowbit_gguf.methods import get_method
+
+    method, config = reader.get_field("lowbit_gguf.method"), reader.get_field("lowbit_gguf.config")
+    if method is None or config is None:
+        raise BadGGUF(f"{path} was not written by lowbit-gguf quantize (no lowbit_gguf.method/config metadata)")
+    spec = get_method(method.contents())
+    try:
+        return spec, spec.config_type(**json.loads(config.contents()))
+    except (TypeError, ValueError) as exc:
+        raise BadGGUF(f"{path}: its {spec.name} config {config.contents()!r} is not readable: {exc}") from exc
+
+
+def read_quantized_layers(path: Path, reader: gguf.GGUFReader, model, spec, config) -> dict:
+    """{module name: QuantizedLinear} for every block linear of `model` (Hugging Face order of rows), read
+    from the lowbit GGUF at path. llama.cpp's converter permutes the rows of Llama's q/k weights; the row order
+    taken is the one whose decode is closest to the model's float weight."""
+    from lowbit_gguf.gguf.inspect import read_lowbit_weights
+    from lowbit_gguf.gguf.write import head_counts_of, row_orders, tensor_names_of
+    from lowbit_gguf.methods import QuantizedLinear
+    from lowbit_gguf.sequential import block_linears, decoder_blocks
+
+    arch, names = tensor_names_of(reader, path)
+    head_counts = head_counts_of(reader, arch)
+    packed = read_lowbit_weights(path)
+    layers = {}
+    for i, block in enumerate(decoder_blocks(model)):
+        for name, linear in block_linears(block).items():
+            module = f"model.layers.{i}.{name}"
+            gguf_name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+            weight = packed.get(gguf_name)
+            if weight is None:
+                raise BadGGUF(f"{path}: '{gguf_name}' is missing or not in a lowbit type")
+            if (weight.d_out, weight.n_per_row) != tuple(linear.weight.shape):
+                raise LowbitError(f"{path}: '{gguf_name}' is [{weight.d_out}, {weight.n_per_row}], the model's "
+                                  f"{module} is {list(linear.weight.shape)}: the file was not made from this model")
+            stored = spec.decode(spec.unpack(weight, config), config)
+            w = linear.weight.detach().float()
+            orders = row_orders(weight.d_out, head_counts)
+            # cosine, not the error norm: the Hessian-weighted objective may leave an error larger than the weight
+            similarity = [torch.cosine_similarity(stored[np.argsort(p)].flatten(), w.flatten(), 0).item()
+                          for p in orders]
+            order = orders[int(np.argmax(similarity))]
+            if not max(similarity) > MIN_SIMILARITY:
+                raise LowbitError(f"{path}: '{gguf_name}' does not decode to anything close to {module} of the "
+                                  "model: the file was not made from this model")
+            weight = weight.permute_rows(np.argsort(order))
+            payload = spec.unpack(weight, config)
+            bits = 8 * (weight.codes.nbytes + sum(s.nbytes for s in weight.sides.values())) / w.numel()
+            layers[module] = QuantizedLinear(payload, spec.decode(payload, config), bits)
+    return layers
+
+
+def load_norms(path: Path, reader: gguf.GGUFReader, model) -> None:
+    """Copy the file's norm weights (tuned when the blocks were quantized) into the model."""
+    from lowbit_gguf.gguf.write import tensor_names_of
+
+    _, names = tensor_names_of(reader, path)
+    tensors = {t.name: t for t in reader.tensors}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                continue
+            gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+            t = tensors.get(gguf_name)
+            if t is None:
+                raise BadGGUF(f"{path} lacks '{gguf_name}', the model's {name}")
+            data = torch.from_numpy(np.array(t.data, np.float32)).reshape(p.shape)
+            p.copy_(data)
+
+
+def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, lr: float = 1e-4,
+                  batch: int = 2, calib_text: str = "calibration", n_samples: int = 128, seq_len: int = 512,
+                  checkpoint_dir: Path | None = None, save_decoded: Path | None = None,
+                  embedding_type: str = "q8_0", seed: int = 0, progress: bool = True) -> FinetuneReport:
+    """Fine-tune the quantized GGUF `source` end to end against the float model in model_dir and write the
+    result to out. An interrupted run resumes from checkpoint_dir (default: OUT.checkpoint)."""
+    from torch.func import functional_call
+    from tqdm import tqdm
+
+    from lowbit_gguf.calibration import calibration_tokens, load_text
+    from lowbit_gguf.evaluate import hf_tokenize, load_hf_model
+    from lowbit_gguf.gguf.convert import check_model_dir
+    from lowbit_gguf.gguf.inspect import read_summary
+    from lowbit_gguf.quantize import export_gguf
+    from lowbit_gguf.sequential import Checkpoint, atomic_save, tokens_fingerprint
+
+    started = time.time()
+    source, model_dir, out = Path(source), Path(model_dir), Path(out)
+    if epochs < 1 or batch < 1 or not lr > 0:
+        raise LowbitError(f"fine-tuning needs epochs >= 1, batch >= 1 and lr > 0 (got {epochs}, {batch}, {lr})")
+    check_model_dir(model_dir)
+    read_summary(source)  # a readable GGUF, or a clear BadGGUF
+    reader = gguf.GGUFReader(source)
+    spec, config = read_method(reader, source)
+    if not spec.finetune_keys or spec.unpack is None:
+        raise LowbitError(f"{spec.name} files have nothing to fine-tune end to end (only AQLM's codebooks and "
+                          "scales are trained, codes fixed)")
+    tokens = calibration_tokens(hf_tokenize(model_dir, load_text(calib_text)), n_samples, seq_len)
+    teacher = load_hf_model(model_dir).eval()
+    student = load_hf_model(model_dir)
+    layers = read_quantized_layers(source, reader, student, spec, config)
+    load_norms(source, reader, student)
+    quantized_in = reader.get_field("lowbit_gguf.quantize_seconds")
+    del reader
+
+    for p in list(teacher.parameters()) + list(student.parameters()):
+        p.requires_grad_(False)
+    norms = {name: p for name, p in student.named_parameters() if "norm" in name}
+    trainable = {module: {k: r.payload[k].float() for k in spec.finetune_keys} for module, r in layers.items()}
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".checkpoint")
+    Checkpoint(checkpoint_dir, {"stage": "end-to-end fine-tuning", "source": source.name,
+                                "source_bytes": source.stat().st_size, "epochs": epochs, "lr": lr, "batch": batch,
+                                "seed": seed, "calibration": tokens_fingerprint(tokens)})
+    state_path = checkpoint_dir / "finetune.pt"
+    losses, start = [], 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        trainable, losses, start = state["trainable"], state["losses"], state["step"]
+        with torch.no_grad():
+            for name, value in state["norms"].items():
+                norms[name].copy_(value)
+    params = [t.requires_grad_(True) for entry in trainable.values() for t in entry.values()]
+    params += [p.requires_grad_(True) for p in norms.values()]
+    opt = torch.optim.Adam(params, lr=lr)
+    if state_path.exists():
+        opt.load_state_dict(state["optimizer"])
+
+    steps_per_epoch = math.ceil(len(tokens) / batch)
+    total = epochs * steps_per_epoch
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"fine-tuning ({spec.name}, KL)", unit="step",
+               disable=not progress)
+    student.train()
+    for step in bar:
+        epoch, k = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed + epoch))
+        ids = tokens[order[k * batch:(k + 1) * batch]]
+        with torch.no_grad():
+            target = torch.log_softmax(teacher(ids, use_cache=False).logits.float(), dim=-1)
+        weights = {f"{module}.weight": spec.decode({**layers[module].payload, **t}, config)
+                   for module, t in trainable.items()}
+        logits = functional_call(student, weights, (ids,), {"use_cache": False}).logits.float()
+        loss = kl_per_token(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(kl=f"{losses[-1]:.4f}")
+        if (step + 1) % SAVE_EVERY == 0 and step + 1 < total:
+            atomic_save({"step": step + 1, "losses": losses, "optimizer": opt.state_dict(),
+                         "trainable": {m: {k: v.detach() for k, v in t.items()} for m, t in trainable.items()},
+                         "norms": {n: p.detach().clone() for n, p in norms.items()}}, state_path)
+    bar.close()
+
+    student.eval()
+    with torch.no_grad():
+        linears = dict(student.named_modules())
+        for module, r in layers.items():
+            for k, value in trainable[module].items():
+                r.payload[k] = value.detach().to(r.payload[k].dtype)
+            r.decoded = spec.decode(r.payload, config)
+            linears[module].weight.copy_(r.decoded.to(linears[module].weight.dtype))
+    for p in student.parameters():
+        p.requires_grad_(False)
+    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
+    metadata = {} if quantized_in is None else {"quantize_seconds": quantized_in.contents()}
+    metadata["finetune"] = json.dumps({"source": source.name, "epochs": epochs, "lr": lr, "batch": batch,
+                                        "samples": n_samples, "seq_len": seq_len, "kl_first": round(first, 5),
+                                        "kl_last": round(last, 5), "seconds": round(time.time() - started, 1)})
+    export_gguf(student, model_dir, layers, spec, config, out, metadata, save_decoded=save_decoded,
+                embedding_type=embedding_type, progress=progress)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return FinetuneReport(out, total, losses, time.time() - started)
+
+
+def kl_per_token(logits: torch.Tensor, target_logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(float model || quantized model), in nats (llama-perplexity's KLD)."""
+    logprobs = torch.log_softmax(logits, dim=-1).flatten(0, -2)
+    return torch.nn.functional.kl_div(logprobs, target_logprobs.flatten(0, -2), log_target=True,
+                                      reduction="batchmean")
