@@ -84,10 +84,11 @@ def read_quantized_layers(path: Path, reader: gguf.GGUFReader, model, spec, conf
             if not max(similarity) > MIN_SIMILARITY:
                 raise LowbitError(f"{path}: '{gguf_name}' does not decode to anything close to {module} of the "
                                   "model: the file was not made from this model")
-            weight = weight.permute_rows(np.argsort(order))
-            payload = spec.unpack(weight, config)
+            to_model_order = np.argsort(order)
+            weight = weight.permute_rows(to_model_order)
             bits = 8 * (weight.codes.nbytes + sum(s.nbytes for s in weight.sides.values())) / w.numel()
-            layers[module] = QuantizedLinear(payload, spec.decode(payload, config), bits)
+            # the decode is row by row: the stored decode in the model's row order is the permuted payload's
+            layers[module] = QuantizedLinear(spec.unpack(weight, config), stored[to_model_order], bits)
     return layers
 
 
@@ -154,8 +155,8 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
                                 "seed": seed, "calibration": tokens_fingerprint(tokens)})
     state_path = checkpoint_dir / "finetune.pt"
     losses, start = [], 0
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=True)
+    state = torch.load(state_path, weights_only=True) if state_path.exists() else None
+    if state is not None:
         trainable, losses, start = state["trainable"], state["losses"], state["step"]
         with torch.no_grad():
             for name, value in state["norms"].items():
@@ -163,7 +164,7 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     params = [t.requires_grad_(True) for entry in trainable.values() for t in entry.values()]
     params += [p.requires_grad_(True) for p in norms.values()]
     opt = torch.optim.Adam(params, lr=lr)
-    if state_path.exists():
+    if state is not None:
         opt.load_state_dict(state["optimizer"])
 
     steps_per_epoch = math.ceil(len(tokens) / batch)
@@ -200,13 +201,10 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
                 r.payload[k] = value.detach().to(r.payload[k].dtype)
             r.decoded = spec.decode(r.payload, config)
             linears[module].weight.copy_(r.decoded.to(linears[module].weight.dtype))
-    for p in student.parameters():
-        p.requires_grad_(False)
-    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
     metadata = {} if quantized_in is None else {"quantize_seconds": quantized_in.contents()}
     metadata["finetune"] = json.dumps({"source": source.name, "epochs": epochs, "lr": lr, "batch": batch,
-                                        "samples": n_samples, "seq_len": seq_len, "kl_first": round(first, 5),
-                                        "kl_last": round(last, 5), "seconds": round(time.time() - started, 1)})
+                                        "samples": n_samples, "seq_len": seq_len, "kl_first": round(losses[0], 5),
+                                        "kl_last": round(losses[-1], 5), "seconds": round(time.time() - started, 1)})
     export_gguf(student, model_dir, layers, spec, config, out, metadata, save_decoded=save_decoded,
                 embedding_type=embedding_type, progress=progress)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
