@@ -3,7 +3,9 @@
 
 #include "ggml.h"
 #include "ggml-cpu.h"
+#include "ggml-backend.h"
 #include "ggml-lowbit.h"
+#include "ggml-lowbit-cpu.h"
 #include "llama.h"
 
 #include <math.h>
@@ -364,7 +366,7 @@ static int32_t lowbit_mul_mat_run(int32_t type, const void * codes, size_t codes
                                   const void * const * side_data, const size_t * side_bytes, const float * x,
                                   int64_t n_tokens, float * out, int32_t n_threads, int32_t path, int32_t n_repeat,
                                   double * seconds) {
-    if (path < LB_PATH_FASTEST || path > LB_PATH_TABLES) {
+    if (path < LB_PATH_FASTEST || path > LB_PATH_LOADED) {
         return set_error("unknown kernel path %d", path);
     }
     struct lowbit_weight lw;
@@ -375,6 +377,18 @@ static int32_t lowbit_mul_mat_run(int32_t type, const void * codes, size_t codes
     if (n_tokens <= 0) {
         ggml_free(lw.ctx);
         return set_error("need at least one token, got %lld", (long long) n_tokens);
+    }
+    ggml_backend_buffer_t repacked = NULL;
+    if (path == LB_PATH_LOADED && ggml_lowbit_cpu_repackable(lw.w)) {
+        // as the model loader does: the weight in the CPU_LOWBIT buffer type, written whole (codes transposed)
+        repacked = ggml_backend_buft_alloc_buffer(ggml_backend_cpu_lowbit_buffer_type(), ggml_nbytes(lw.w));
+        if (repacked == NULL) {
+            ggml_free(lw.ctx);
+            return set_error("could not allocate a CPU_LOWBIT buffer of %zu bytes", ggml_nbytes(lw.w));
+        }
+        lw.w->data = NULL;
+        ggml_backend_tensor_alloc(repacked, lw.w, ggml_backend_buffer_get_base(repacked));
+        ggml_backend_tensor_set(lw.w, codes, 0, ggml_nbytes(lw.w));
     }
     struct ggml_tensor * xt = ggml_new_tensor_2d(lw.ctx, GGML_TYPE_F32, n_per_row, n_tokens);
     xt->data = (void *) x;
@@ -398,6 +412,9 @@ static int32_t lowbit_mul_mat_run(int32_t type, const void * codes, size_t codes
     ggml_lowbit_set_cpu_path(GGML_LOWBIT_CPU_FASTEST);
     free(work);
     ggml_free(lw.ctx);
+    if (repacked != NULL) {
+        ggml_backend_buffer_free(repacked);
+    }
     return status == GGML_STATUS_SUCCESS ? 0 : set_error("ggml_graph_compute failed (status %d)", (int) status);
 }
 

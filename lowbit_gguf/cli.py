@@ -241,8 +241,10 @@ def bench(gguf_files, threads, n_prompt, n_gen, repetitions):
 @click.option("--block", default=0, show_default=True, help="Transformer block whose weights are timed.")
 @click.option("--tokens", default="1,4", show_default=True, help="Token counts (comma separated).")
 @click.option("--threads", "-t", default="1,2", show_default=True, help="Thread counts (comma separated).")
-@click.option("--paths", default="fastest,tables", show_default=True,
-              help="Kernel paths: fastest (what llama.cpp runs), tables (look-up tables), reference (plain C).")
+@click.option("--paths", default="loaded,fastest", show_default=True,
+              help="Kernel paths: loaded (what llama.cpp runs: codes transposed at load where the register-table "
+                   "kernel takes the weight), fastest (the weight as stored in the file), tables (look-up tables), "
+                   "reference (plain C).")
 @click.option("--repeat", default=200, show_default=True, help="Matmuls per timing.")
 @click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
 def bench_kernels(gguf_files, block, tokens, threads, paths, repeat, rounds):

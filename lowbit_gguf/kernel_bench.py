@@ -28,7 +28,7 @@ class KernelTiming:
 
 
 def time_block_kernels(files: list[Path], block: int = 0, tokens: tuple[int, ...] = (1, 4),
-                       threads: tuple[int, ...] = (1, 2), paths: tuple[str, ...] = ("fastest", "tables"),
+                       threads: tuple[int, ...] = (1, 2), paths: tuple[str, ...] = ("loaded", "fastest"),
                        repeat: int = 200, rounds: int = 3, progress=None) -> list[KernelTiming]:
     from lowbit_gguf.errors import LowbitError
     from lowbit_gguf.gguf.inspect import read_lowbit_weights

@@ -35,12 +35,13 @@ def default_f16_gguf(default_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_aqlm(default_model_dir, tmp_path_factory):
-    """(GGUF, decoded HF checkpoint) of a 2-block Llama with hidden 128 quantized with AQLM 2x8."""
+    """(GGUF, decoded HF checkpoint) of a 2-block Llama with hidden 128 quantized with AQLM 2x8; its 512 MLP rows
+    take the register-table kernel (codes transposed at load) where the runtime has it."""
     from lowbit_gguf.methods import get_method
     from lowbit_gguf.quantize import quantize_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny-aqlm")
-    make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128)
+    make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128, intermediate=512)
     config = replace(get_method("aqlm").parse_config("2x8"), max_rounds=1, adam_steps=5, kmeans_iters=4,
                      beam_size=1, finetune_epochs=1)
     report = quantize_checkpoint(folder / "float", "aqlm", config, folder / "aqlm.gguf", n_samples=4,
@@ -65,15 +66,15 @@ def tiny_ptq161(default_model_dir, tmp_path_factory):
 
 
 def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int = 0,
-                    layers: int = 2, vocab: int = 256, hidden: int = 64):
+                    layers: int = 2, vocab: int = 256, hidden: int = 64, intermediate: int | None = None):
     """A small random llama saved as a Hugging Face checkpoint (with the default model's tokenizer when
-    tokenizer_dir is given, so llama.cpp's converter accepts it)."""
+    tokenizer_dir is given, so llama.cpp's converter accepts it); intermediate defaults to 2 hidden + 32."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     if tokenizer_dir is not None:
         vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden + 32,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden + 32,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
                          bos_token_id=1, eos_token_id=2)

@@ -54,6 +54,56 @@ def test_avx2_machines_take_the_codeword_sum_kernel(runtime_build):
     np.testing.assert_allclose(fastest, tables, rtol=1e-5, atol=1e-5 * np.abs(tables).max())
 
 
+REGISTER_TABLES = cpu_has("avx512f", "avx512bw")
+
+
+# "loaded" places the weight as llama.cpp's loader does: 512 rows or more of 8-bit codes go to the CPU_LOWBIT buffer
+# (codes transposed at load). 1-4 tokens take the register tables (entries rounded to int16 per group of 16 code
+# positions: close, not exact), 17 and 70 the decode paths reading transposed codes (exact); 3 threads split the
+# code positions and rows unevenly.
+@pytest.mark.skipif(not REGISTER_TABLES, reason="the register-table kernel needs AVX-512F and AVX-512BW")
+@pytest.mark.parametrize("config_text", ["2x8", "1x8"])
+@pytest.mark.parametrize("n_tokens", [1, 2, 4, 17, 70])
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_transposed_codes_match_python_decode(config_text, n_tokens, n_threads, runtime_build):
+    from lowbit_gguf.runtime import lowbit_mul_mat
+
+    spec, config, payload = random_aqlm_payload(config_text, d_out=544, d_in=200, seed=n_tokens)
+    x = np.random.default_rng(n_tokens).standard_normal((n_tokens, 200)).astype(np.float32)
+    x[:, 7] *= 30  # an outlier input: the tables of its group round coarser, the others keep their own step
+    packed = spec.pack(payload, config)
+    got = lowbit_mul_mat(packed, x, n_threads=n_threads, path="loaded")
+    want, magnitude = reference_matmul(spec, config, payload, x)
+    worst = np.max(np.abs(got - want) / (magnitude + 1e-6))
+    # register tables: entries round to 1/4094 of their group's largest (ggml's 8-bit activations round to 1/254 of
+    # each 32-input block's largest)
+    assert worst < (5e-3 if n_tokens <= 4 else 1e-5), f"worst relative error {worst:.2e}"
+    if n_tokens <= 4:  # the register tables ran, not the kernel of row-ordered codes
+        assert not np.array_equal(got, lowbit_mul_mat(packed, x, n_threads=n_threads, path="fastest"))
+
+
+@pytest.mark.skipif(not REGISTER_TABLES, reason="the register-table kernel needs AVX-512F and AVX-512BW")
+def test_register_tables_carry_nan_inputs_to_every_row(runtime_build):
+    from lowbit_gguf.runtime import lowbit_mul_mat
+
+    spec, config, payload = random_aqlm_payload("2x8", d_out=512, d_in=64)
+    x = np.ones((2, 64), dtype=np.float32)
+    x[1, 5] = np.nan
+    got = lowbit_mul_mat(spec.pack(payload, config), x, n_threads=2, path="loaded")
+    assert np.isfinite(got[0]).all() and np.isnan(got[1]).all()
+
+
+@pytest.mark.parametrize("config_text, d_out", [("2x8", 192), ("2x8", 520), ("1x16", 512)])
+def test_weights_the_loader_keeps_as_stored_run_the_same_kernel(config_text, d_out, runtime_build):
+    """Too few rows, rows not in 32s, 16-bit codes: no transposition, so "loaded" is "fastest" bit for bit."""
+    from lowbit_gguf.runtime import lowbit_mul_mat
+
+    spec, config, payload = random_aqlm_payload(config_text, d_out=d_out, d_in=64)
+    x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    packed = spec.pack(payload, config)
+    np.testing.assert_array_equal(lowbit_mul_mat(packed, x, path="loaded"), lowbit_mul_mat(packed, x, path="fastest"))
+
+
 def test_mul_mat_on_a_real_quantized_layer(default_model_dir, runtime_build):
     """A q_proj of the default model quantized with AQLM 2x8 (short search), decode-sized and prompt-sized."""
     from dataclasses import replace

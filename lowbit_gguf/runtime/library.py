@@ -203,14 +203,17 @@ def _lowbit_args(weight) -> tuple[list, list]:
 _GGML_DTYPES = {"<f4": 0, "<f2": 1, "|i1": 24}  # numpy dtype -> ggml type id (F32, F16, I8)
 
 
-KERNEL_PATHS = ("fastest", "reference", "tables")  # the order of LB_PATH_* in lowbit_api.h
+KERNEL_PATHS = ("fastest", "reference", "tables", "loaded")  # the order of LB_PATH_* in lowbit_api.h
 
 
 def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, path: str = "fastest",
                    options: BuildOptions = BuildOptions()) -> np.ndarray:
     """x [n_tokens, d_in] -> W x [n_tokens, d_out] for a PackedWeight, through ggml's CPU MUL_MAT. path:
-    "fastest" is what llama.cpp runs, "reference" ggml's reference path (plain C decode), "tables" the look-up
-    tables where this build has a faster kernel for a few tokens (AVX2 AQLM, AVX-512 PTQ1.61)."""
+    "loaded" is what llama.cpp runs: the weight placed as its model loader places it, in the CPU_LOWBIT buffer type
+    where that takes it (codes transposed at load for the register-table kernel: AQLM with 8-bit codes, 512 rows
+    or more, AVX-512BW builds), else stored as in the file and multiplied as "fastest" does; "reference" is ggml's
+    reference path (plain C decode), "tables" the look-up tables where this build has a faster kernel for a few
+    tokens (AVX2 AQLM, AVX-512 PTQ1.61)."""
     return _lowbit_mul_mat(weight, x, n_threads, path, options)[0]
 
 

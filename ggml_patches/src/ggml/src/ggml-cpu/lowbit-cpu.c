@@ -14,11 +14,14 @@
 //    salient codes are one int16 dot product. With AVX2, AQLM needs no tables either: a group's codewords
 //    are summed from f32 codebooks kept in L1 and multiply-added with the tokens (ggml_lowbit_set_cpu_path
 //    pins the tables, for the tests and the benchmarks).
+//  - register tables (AQLM with 8-bit codes in a CPU_LOWBIT buffer, codes transposed at load, AVX-512BW): the
+//    tables as int16, each in 8 zmm registers, looked up for 32 rows at once with vpermi2w.
 //  - prompts (SGEMM_MIN_TOKENS and more): SGEMM_ROWS rows at a time are decoded to f32 by all threads, then
 //    multiplied with all tokens by ggml's own llamafile sgemm (all threads together). PTQ1.61 gathers the
 //    tokens into the rows' channel order first, so its rows decode with SIMD straight from the sign bits.
 //  - tiles (everything else): TILE_ROWS rows are decoded to f32 and dotted with every token.
-// params->use_ref takes the tile path with the plain C decode and a scalar dot (the reference).
+// params->use_ref takes the tile path with the plain C decode and a scalar dot (the reference). Every path but the
+// register tables reads transposed codes by gathering rows back into row order first (decode_rows).
 
 #include "lowbit-cpu.h"
 
@@ -26,6 +29,7 @@
 #include "ggml-lowbit.h"
 #include "vec.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -40,6 +44,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #    define LOWBIT_AVX512 1
 #endif
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#    define LOWBIT_REGISTER_TABLES 1
+#endif
 
 #define TILE_ROWS      16
 #define LUT_MAX_TOKENS 4
@@ -48,6 +55,11 @@
 #define ALIGN_FLOATS   16  // 64 bytes
 #define SGEMM_ROWS     128
 #define SGEMM_MIN_TOKENS 8
+#define GATHER_ROWS    16   // rows of transposed codes gathered back into row order at a time
+#define RT_ROWS        32   // register-table kernel: rows per lookup (int16 lanes of a zmm)
+#define RT_TABLES      16   // tables quantized together: 16 entries of at most RT_ENTRY_MAX sum within int16
+#define RT_ENTRY_MAX   2047
+#define RT_MIN_ROWS    512  // fewer rows than this do not pay for the tables (every row shares them)
 
 static inline int64_t align_floats(int64_t n) {
     return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
@@ -79,7 +91,15 @@ static int64_t tile_floats_per_thread(int64_t n_per_row) {
     return align_floats(TILE_ROWS * n_per_row);
 }
 
-size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) {
+// each thread's GATHER_ROWS rows of codes in row order (transposed weights), after the floats of every path
+static int64_t scratch_floats_per_thread(const struct ggml_tensor * w) {
+    return ggml_lowbit_cpu_codes_transposed(w) ? align_floats(((int64_t) w->nb[1] * GATHER_ROWS + 3) / 4) : 0;
+}
+
+static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads);
+
+// floats of the path this op takes (shared by its threads), before the per-thread code scratch
+static int64_t path_floats(const struct ggml_tensor * dst, int n_threads) {
     const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(dst->src[0]->type);
     GGML_ASSERT(info != NULL);
     const int64_t n_per_row = dst->src[0]->ne[0];
@@ -90,9 +110,16 @@ size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) 
     }
     floats = sgemm > floats ? sgemm : floats;
     if (takes_lut_path(info, n_tokens_of(dst), false)) {
-        const int64_t lut = lut_floats(info, dst->src[0], n_tokens_of(dst), n_threads);
+        const int64_t lut = ggml_lowbit_cpu_codes_transposed(dst->src[0])
+                                ? rt_floats(dst, n_threads)
+                                : lut_floats(info, dst->src[0], n_tokens_of(dst), n_threads);
         floats = lut > floats ? lut : floats;
     }
+    return align_floats(floats);
+}
+
+size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) {
+    const int64_t floats = path_floats(dst, n_threads) + n_threads * scratch_floats_per_thread(dst->src[0]);
     return (size_t) (floats + ALIGN_FLOATS) * sizeof(float);
 }
 
@@ -137,21 +164,43 @@ static void aqlm_decode_rows_avx2(const struct ggml_lowbit_type_info * info, con
 }
 #endif
 
-// rows [r0, r0 + nr) of the weight to f32
-static void decode_rows(const struct ggml_compute_params * params, const struct ggml_tensor * w,
-                        const struct ggml_lowbit_type_info * info, const void * const * sides, int64_t r0,
-                        int64_t nr, float * out) {
-    const uint8_t * rows = (const uint8_t *) w->data + r0 * w->nb[1];
+// rows [r0, r0 + nr) of the weight to f32, from row-ordered codes (rows row_bytes apart)
+static void decode_row_codes(const struct ggml_compute_params * params, const struct ggml_tensor * w,
+                             const struct ggml_lowbit_type_info * info, const void * const * sides,
+                             const uint8_t * rows, size_t row_bytes, int64_t r0, int64_t nr, float * out) {
 #ifdef LOWBIT_AVX2
     if (!params->use_ref && info->method == GGML_LOWBIT_METHOD_AQLM && info->block_size == 8) {
-        aqlm_decode_rows_avx2(info, rows, w->nb[1], w->ne[0], r0, nr, (const ggml_fp16_t *) sides[0],
+        aqlm_decode_rows_avx2(info, rows, row_bytes, w->ne[0], r0, nr, (const ggml_fp16_t *) sides[0],
                               (const ggml_fp16_t *) sides[1], out);
         return;
     }
 #endif
     GGML_UNUSED(params);
     GGML_UNUSED(info);
-    ggml_lowbit_dequantize_rows(w->type, rows, w->nb[1], w->ne[0], r0, nr, sides, out);
+    ggml_lowbit_dequantize_rows(w->type, rows, row_bytes, w->ne[0], r0, nr, sides, out);
+}
+
+// rows [r0, r0 + nr) of the weight to f32. Transposed codes are first gathered back into row order,
+// GATHER_ROWS rows at a time, in this thread's part of the work buffer (codes_scratch).
+static void decode_rows(const struct ggml_compute_params * params, const struct ggml_tensor * w,
+                        const struct ggml_lowbit_type_info * info, const void * const * sides, int64_t r0,
+                        int64_t nr, uint8_t * codes_scratch, float * out) {
+    if (!ggml_lowbit_cpu_codes_transposed(w)) {
+        decode_row_codes(params, w, info, sides, (const uint8_t *) w->data + r0 * w->nb[1], w->nb[1], r0, nr, out);
+        return;
+    }
+    const int64_t   n_rows = w->ne[1], row_bytes = (int64_t) w->nb[1];
+    const uint8_t * codes  = (const uint8_t *) w->data;
+    for (int64_t g0 = 0; g0 < nr; g0 += GATHER_ROWS) {
+        const int64_t ng = nr - g0 < GATHER_ROWS ? nr - g0 : GATHER_ROWS;
+        for (int64_t c = 0; c < row_bytes; ++c) {
+            const uint8_t * column = codes + c * n_rows + r0 + g0;
+            for (int64_t i = 0; i < ng; ++i) {
+                codes_scratch[i * row_bytes + c] = column[i];
+            }
+        }
+        decode_row_codes(params, w, info, sides, codes_scratch, row_bytes, r0 + g0, ng, out + g0 * w->ne[0]);
+    }
 }
 
 static float dot_scalar(const float * a, const float * b, int64_t n) {
@@ -163,7 +212,8 @@ static float dot_scalar(const float * a, const float * b, int64_t n) {
 }
 
 static void mul_mat_tiles(const struct ggml_compute_params * params, struct ggml_tensor * dst,
-                          const struct ggml_lowbit_type_info * info, const void * const * sides, float * buf) {
+                          const struct ggml_lowbit_type_info * info, const void * const * sides, float * buf,
+                          uint8_t * codes_scratch) {
     const struct ggml_tensor * w         = dst->src[0];
     const struct ggml_tensor * x         = dst->src[1];
     const int64_t              n_per_row = w->ne[0];
@@ -174,7 +224,7 @@ static void mul_mat_tiles(const struct ggml_compute_params * params, struct ggml
 
     for (int64_t r0 = r_begin; r0 < r_end; r0 += TILE_ROWS) {
         const int64_t nr = r_end - r0 < TILE_ROWS ? r_end - r0 : TILE_ROWS;
-        decode_rows(params, w, info, sides, r0, nr, buf);
+        decode_rows(params, w, info, sides, r0, nr, codes_scratch, buf);
         for (int64_t t = 0; t < n_tokens; ++t) {
             const float * xt = token_row(x, t);
             float *       yt = token_row(dst, t);
@@ -252,7 +302,8 @@ static void ptq161_decode_rows_gathered(const struct ggml_tensor * w, const void
 
 // false (before touching dst) when sgemm does not take these shapes; every thread gets the same answer
 static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml_tensor * dst,
-                          const struct ggml_lowbit_type_info * info, const void * const * sides, float * buf) {
+                          const struct ggml_lowbit_type_info * info, const void * const * sides, float * buf,
+                          uint8_t * codes_scratch) {
 #ifdef GGML_USE_LLAMAFILE
     const struct ggml_tensor * w = dst->src[0];
     const struct ggml_tensor * x = dst->src[1];
@@ -284,7 +335,7 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
         if (a < b && ptq161) {
             ptq161_decode_rows_gathered(w, sides, r0 + a, b - a, buf + a * n_per_row);
         } else if (a < b) {
-            decode_rows(params, w, info, sides, r0 + a, b - a, buf + a * n_per_row);
+            decode_rows(params, w, info, sides, r0 + a, b - a, codes_scratch, buf + a * n_per_row);
         }
         ggml_barrier(params->threadpool);  // also orders the gather before the first sgemm
         // sgemm ends with a barrier, so the next chunk's decode cannot overwrite rows still in use
@@ -302,6 +353,7 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
     GGML_UNUSED(info);
     GGML_UNUSED(sides);
     GGML_UNUSED(buf);
+    GGML_UNUSED(codes_scratch);
     return false;
 #endif
 }
@@ -552,6 +604,180 @@ static void aqlm_mul_mat_direct(const struct ggml_compute_params * params, struc
                     ys[t][r + i] = sums[t * 4 + i] * GGML_CPU_FP16_TO_FP32(row_scale[r + i]);
                 }
             }
+        }
+    }
+}
+#endif
+
+// ---- register tables: AQLM with 8-bit codes kept transposed (CPU_LOWBIT buffers), a few tokens ----
+
+bool ggml_lowbit_cpu_repackable(const struct ggml_tensor * w) {
+#ifdef LOWBIT_REGISTER_TABLES
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(w->type);
+    return info != NULL && info->method == GGML_LOWBIT_METHOD_AQLM && info->code_bits == 8 &&
+           info->block_size == 8 && w->ne[2] == 1 && w->ne[3] == 1 && w->ne[1] % RT_ROWS == 0 &&
+           w->ne[1] >= RT_MIN_ROWS;
+#else
+    GGML_UNUSED(w);
+    return false;
+#endif
+}
+
+void ggml_lowbit_cpu_transpose_codes(const struct ggml_tensor * w, const void * codes, void * out) {
+    const int64_t   n_rows = w->ne[1], row_bytes = (int64_t) ggml_row_size(w->type, w->ne[0]);
+    const uint8_t * in     = (const uint8_t *) codes;
+    uint8_t *       t      = (uint8_t *) out;
+    for (int64_t r = 0; r < n_rows; ++r) {
+        for (int64_t c = 0; c < row_bytes; ++c) {
+            t[c * n_rows + r] = in[r * row_bytes + c];
+        }
+    }
+}
+
+// rows per thread: whole RT_ROWS chunks
+static void rt_thread_rows(const struct ggml_compute_params * params, int64_t n_rows, int64_t * begin,
+                           int64_t * end) {
+    const struct ggml_compute_params chunks = { .ith = params->ith, .nth = params->nth };
+    thread_rows(&chunks, n_rows / RT_ROWS, begin, end);
+    *begin *= RT_ROWS;
+    *end *= RT_ROWS;
+}
+
+// Work: every thread's f32 sums of all rows [n_threads][n_tokens][n_rows], then each thread's own codebooks as
+// f32 [M][8][256], one group's tables in f32 and int16, and the rows' int16 sums of a group.
+static int64_t rt_floats_per_thread(const struct ggml_tensor * w) {
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(w->type);
+    return align_floats(info->num_codebooks * 8 * 256) + RT_TABLES * 256 + RT_TABLES * 128 + align_floats(w->ne[1] / 2);
+}
+
+static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads) {
+    const struct ggml_tensor * w = dst->src[0];
+    return n_threads * (align_floats(n_tokens_of(dst) * w->ne[1]) + rt_floats_per_thread(w));
+}
+
+#ifdef LOWBIT_REGISTER_TABLES
+// The tables of code positions c0 .. c0 + nc - 1 (nc <= RT_TABLES) for input x: <codeword, the position's 8
+// inputs> in f32 (16 entries are 8 FMAs over the transposed codebooks cbt; codebook m's 8 columns loaded once for
+// every position it serves) into tabf, then int16 into tabw with one step for the group so that the largest entry
+// is RT_ENTRY_MAX and a row's sum over the group fits in int16. Returns the step.
+static float rt_build_group(const float * x, const float * cbt, int M, int64_t c0, int64_t nc, float * tabf,
+                            int16_t * tabw) {
+    __m512       largest = _mm512_setzero_ps();
+    __m512       unfit   = _mm512_setzero_ps();  // NaN once an entry is NaN or infinite (max_ps would drop it)
+    const __m512 zero    = _mm512_setzero_ps();
+    for (int m = 0; m < M; ++m) {
+        const int64_t first = c0 + ((m - c0 % M) + M) % M;
+        for (int j = 0; j < 16; ++j) {
+            __m512 column[8];
+            for (int i = 0; i < 8; ++i) {
+                column[i] = _mm512_load_ps(cbt + (m * 8 + i) * 256 + j * 16);
+            }
+            for (int64_t c = first; c < c0 + nc; c += M) {
+                const float * xb = x + c / M * 8;
+                __m512        e  = _mm512_mul_ps(column[0], _mm512_set1_ps(xb[0]));
+                for (int i = 1; i < 8; ++i) {
+                    e = _mm512_fmadd_ps(column[i], _mm512_set1_ps(xb[i]), e);
+                }
+                _mm512_store_ps(tabf + (c - c0) * 256 + j * 16, e);
+                largest = _mm512_max_ps(largest, _mm512_abs_ps(e));
+                unfit   = _mm512_fmadd_ps(e, zero, unfit);
+            }
+        }
+    }
+    // NaN or infinite inputs: a NaN step turns the rows' sums into NaN, as a float dot product would
+    const float  top = _mm512_reduce_max_ps(largest) + _mm512_reduce_add_ps(unfit);
+    const __m512 inv = _mm512_set1_ps(top > 0.0f && top <= FLT_MAX ? RT_ENTRY_MAX / top : 0.0f);
+    for (int64_t i = 0; i < nc * 256; i += 16) {
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(tabf + i), inv));
+        _mm256_store_si256((__m256i *) (tabw + i), _mm512_cvtepi32_epi16(q));
+    }
+    return top / RT_ENTRY_MAX;
+}
+
+// AQLM with 8-bit codes kept transposed, a few tokens. Each thread takes a contiguous share of the code positions
+// (its codes are one stream) and all rows: per group of up to RT_TABLES positions it builds the tables
+// (rt_build_group); a table then sits in 8 zmm registers, one vpermi2w looks up 32 rows' codes (one load of
+// transposed codes) in 64 entries and two blends pick the quarter; the group's int16 sums go to the thread's f32
+// sums times its step. After a barrier each thread adds up its share of the rows over the threads. Table entries
+// round to 1/4094 of their group's largest entry, finer than ggml's 8-bit activations.
+static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * params, struct ggml_tensor * dst,
+                                         const struct ggml_lowbit_type_info * info, const void * const * sides,
+                                         float * work) {
+    const struct ggml_tensor * w         = dst->src[0];
+    const int                  M         = info->num_codebooks;
+    const int64_t              n_rows    = w->ne[1];
+    const int64_t              n_codes   = (int64_t) w->nb[1];  // per row, one byte each
+    const int64_t              n_tokens  = n_tokens_of(dst);
+    const uint8_t *            codes     = (const uint8_t *) w->data;
+    const ggml_fp16_t *        codebook  = (const ggml_fp16_t *) sides[0];
+    const ggml_fp16_t *        row_scale = (const ggml_fp16_t *) sides[1];
+    const int64_t              sums_floats = align_floats(n_tokens * n_rows);
+
+    float *   sums  = work + params->ith * sums_floats;  // this thread's [n_tokens][n_rows]
+    float *   cbt   = work + params->nth * sums_floats + params->ith * rt_floats_per_thread(w);
+    float *   tabf  = cbt + align_floats(M * 8 * 256);
+    int16_t * tabw  = (int16_t *) (tabf + RT_TABLES * 256);
+    int16_t * acc16 = (int16_t *) (tabf + RT_TABLES * 256 + RT_TABLES * 128);
+
+    int64_t c_begin, c_end;
+    thread_rows(params, n_codes, &c_begin, &c_end);
+    if (c_begin < c_end) {
+        for (int m = 0; m < M; ++m) {  // codebook m to f32 in the (not yet used) f32 tables, then transposed
+            for (int i = 0; i < 256 * 8; i += 16) {
+                _mm512_store_ps(tabf + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (codebook + m * 256 * 8 + i))));
+            }
+            for (int k = 0; k < 256; ++k) {
+                for (int i = 0; i < 8; ++i) {
+                    cbt[(m * 8 + i) * 256 + k] = tabf[k * 8 + i];
+                }
+            }
+        }
+    }
+    const __m512i bit6 = _mm512_set1_epi16(64), bit7 = _mm512_set1_epi16(128);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        float * acc = sums + t * n_rows;
+        memset(acc, 0, n_rows * sizeof(float));
+        for (int64_t c0 = c_begin; c0 < c_end; c0 += RT_TABLES) {
+            const int64_t nc   = c_end - c0 < RT_TABLES ? c_end - c0 : RT_TABLES;
+            const __m512  step = _mm512_set1_ps(rt_build_group(token_row(dst->src[1], t), cbt, M, c0, nc, tabf, tabw));
+            memset(acc16, 0, n_rows * sizeof(int16_t));
+            for (int64_t tb = 0; tb < nc; ++tb) {
+                __m512i table[8];
+                for (int j = 0; j < 8; ++j) {
+                    table[j] = _mm512_load_si512(tabw + tb * 256 + j * 32);
+                }
+                const uint8_t * column = codes + (c0 + tb) * n_rows;
+                for (int64_t r = 0; r < n_rows; r += RT_ROWS) {
+                    const __m512i   idx = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *) (column + r)));
+                    const __mmask32 hi1 = _mm512_test_epi16_mask(idx, bit6), hi2 = _mm512_test_epi16_mask(idx, bit7);
+                    __m512i q0 = _mm512_permutex2var_epi16(table[0], idx, table[1]);
+                    __m512i q1 = _mm512_permutex2var_epi16(table[2], idx, table[3]);
+                    __m512i q2 = _mm512_permutex2var_epi16(table[4], idx, table[5]);
+                    __m512i q3 = _mm512_permutex2var_epi16(table[6], idx, table[7]);
+                    q0 = _mm512_mask_blend_epi16(hi1, q0, q1);
+                    q2 = _mm512_mask_blend_epi16(hi1, q2, q3);
+                    q0 = _mm512_mask_blend_epi16(hi2, q0, q2);
+                    _mm512_storeu_si512(acc16 + r, _mm512_add_epi16(_mm512_loadu_si512(acc16 + r), q0));
+                }
+            }
+            for (int64_t r = 0; r < n_rows; r += 16) {
+                const __m512 s16 = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *) (acc16 + r))));
+                _mm512_storeu_ps(acc + r, _mm512_fmadd_ps(s16, step, _mm512_loadu_ps(acc + r)));
+            }
+        }
+    }
+    ggml_barrier(params->threadpool);
+
+    int64_t r_begin, r_end;
+    rt_thread_rows(params, n_rows, &r_begin, &r_end);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        float * yt = token_row(dst, t);
+        for (int64_t r = r_begin; r < r_end; ++r) {
+            float sum = 0.0f;
+            for (int th = 0; th < params->nth; ++th) {
+                sum += work[th * sums_floats + t * n_rows + r];
+            }
+            yt[r] = sum * GGML_CPU_FP16_TO_FP32(row_scale[r]);
         }
     }
 }
@@ -830,6 +1056,8 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
 
     float * work = (float *) GGML_PAD((uintptr_t) params->wdata, ALIGN_FLOATS * sizeof(float));
     GGML_ASSERT(params->wsize >= ggml_lowbit_cpu_work_size(dst, params->nth));
+    uint8_t * codes_scratch = (uint8_t *) (work + path_floats(dst, params->nth) +
+                                           params->ith * scratch_floats_per_thread(w));
     if (takes_lut_path(info, n_tokens_of(dst), params->use_ref)) {
         if (info->method == GGML_LOWBIT_METHOD_PTQ161) {
 #ifdef LOWBIT_AVX512
@@ -839,6 +1067,12 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
             }
 #endif
             ptq161_mul_mat_lut(params, dst, sides, work);
+        } else if (ggml_lowbit_cpu_codes_transposed(w)) {
+#ifdef LOWBIT_REGISTER_TABLES
+            aqlm_mul_mat_register_tables(params, dst, info, sides, work);
+#else
+            GGML_ABORT("%s: transposed codes without the register-table kernel", w->name);
+#endif
         } else {
 #ifdef LOWBIT_AVX2
             if (ggml_lowbit_get_cpu_path() == GGML_LOWBIT_CPU_FASTEST) {
@@ -848,9 +1082,9 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
 #endif
             aqlm_mul_mat_lut(params, dst, info, sides, work);
         }
-    } else if (n_tokens_of(dst) >= SGEMM_MIN_TOKENS && mul_mat_sgemm(params, dst, info, sides, work)) {
+    } else if (n_tokens_of(dst) >= SGEMM_MIN_TOKENS && mul_mat_sgemm(params, dst, info, sides, work, codes_scratch)) {
         return;
     } else {
-        mul_mat_tiles(params, dst, info, sides, work + params->ith * tile_floats_per_thread(w->ne[0]));
+        mul_mat_tiles(params, dst, info, sides, work + params->ith * tile_floats_per_thread(w->ne[0]), codes_scratch);
     }
 }
