@@ -26,6 +26,7 @@
 #include "lowbit-cpu.h"
 
 #include "ggml-cpu-impl.h"
+#include "ggml-cpu.h"
 #include "ggml-lowbit.h"
 #include "vec.h"
 
@@ -419,6 +420,19 @@ static void table_from_nibbles(const float low[16], const float high[16], float 
     }
 }
 
+// codebooks [M][256][8] f16 -> [M][8][256] f32, so 16 table entries are 8 multiply-adds over contiguous floats
+static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, float * cb_t) {
+    for (int m = 0; m < M; ++m) {
+        for (int k = 0; k < 256; ++k) {
+            float word[8];
+            ggml_cpu_fp16_to_fp32(codebook + (m * 256 + k) * 8, word, 8);
+            for (int i = 0; i < 8; ++i) {
+                cb_t[(m * 8 + i) * 256 + k] = word[i];
+            }
+        }
+    }
+}
+
 // AQLM: tables [n_tokens][n_blocks][M][256] from codebooks transposed to [M][8][256] (cb_t)
 static void aqlm_build_tables(const struct ggml_compute_params * params, struct ggml_tensor * dst,
                               const struct ggml_lowbit_type_info * info, const ggml_fp16_t * codebook, float * cb_t,
@@ -427,15 +441,8 @@ static void aqlm_build_tables(const struct ggml_compute_params * params, struct 
     const int64_t n_blocks = dst->src[0]->ne[0] / 8;
     const int64_t n_tokens = n_tokens_of(dst);
 
-    // codebooks transposed so a table row is 8 multiply-adds over 256 contiguous floats
     if (params->ith == 0) {
-        for (int m = 0; m < M; ++m) {
-            for (int k = 0; k < 256; ++k) {
-                for (int i = 0; i < 8; ++i) {
-                    cb_t[(m * 8 + i) * 256 + k] = GGML_CPU_FP16_TO_FP32(codebook[(m * 256 + k) * 8 + i]);
-                }
-            }
-        }
+        aqlm_transpose_codebooks(codebook, M, cb_t);
     }
     ggml_barrier(params->threadpool);
 
@@ -579,9 +586,7 @@ static void aqlm_mul_mat_direct(const struct ggml_compute_params * params, struc
     if (r_begin == r_end) {
         return;
     }
-    for (int64_t i = 0; i < M * 256 * 8; i += 8) {
-        _mm256_store_ps(cb + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (codebook + i))));
-    }
+    ggml_cpu_fp16_to_fp32(codebook, cb, M * 256 * 8);
     for (int64_t t0 = 0; t0 < n_tokens; t0 += 2) {
         const int     nt    = n_tokens - t0 >= 2 ? 2 : 1;
         const int     group = nt == 2 ? 2 : 4;
@@ -637,8 +642,7 @@ void ggml_lowbit_cpu_transpose_codes(const struct ggml_tensor * w, const void * 
 // rows per thread: whole RT_ROWS chunks
 static void rt_thread_rows(const struct ggml_compute_params * params, int64_t n_rows, int64_t * begin,
                            int64_t * end) {
-    const struct ggml_compute_params chunks = { .ith = params->ith, .nth = params->nth };
-    thread_rows(&chunks, n_rows / RT_ROWS, begin, end);
+    thread_rows(params, n_rows / RT_ROWS, begin, end);
     *begin *= RT_ROWS;
     *end *= RT_ROWS;
 }
@@ -722,16 +726,7 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
     int64_t c_begin, c_end;
     thread_rows(params, n_codes, &c_begin, &c_end);
     if (c_begin < c_end) {
-        for (int m = 0; m < M; ++m) {  // codebook m to f32 in the (not yet used) f32 tables, then transposed
-            for (int i = 0; i < 256 * 8; i += 16) {
-                _mm512_store_ps(tabf + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (codebook + m * 256 * 8 + i))));
-            }
-            for (int k = 0; k < 256; ++k) {
-                for (int i = 0; i < 8; ++i) {
-                    cbt[(m * 8 + i) * 256 + k] = tabf[k * 8 + i];
-                }
-            }
-        }
+        aqlm_transpose_codebooks(codebook, M, cbt);
     }
     const __m512i bit6 = _mm512_set1_epi16(64), bit7 = _mm512_set1_epi16(128);
     for (int64_t t = 0; t < n_tokens; ++t) {
