@@ -45,7 +45,7 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #    define LOWBIT_AVX512 1
 #endif
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 #    define LOWBIT_REGISTER_TABLES 1
 #endif
 
@@ -421,16 +421,59 @@ static void table_from_nibbles(const float low[16], const float high[16], float 
 }
 
 // codebooks [M][256][8] f16 -> [M][8][256] f32, so 16 table entries are 8 multiply-adds over contiguous floats
-static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, float * cb_t) {
+// Where code k's entries sit in a transposed codebook row: k itself, or (pack_order, for the register tables)
+// the order in which _mm512_packs_epi32 of two 16-code vectors gives back codes k .. k + 31 in order (it
+// interleaves its sources 4 lanes at a time).
+static inline int codebook_slot(int k, bool pack_order) {
+    const int q = k & 31;
+    return pack_order ? (k & ~31) + (q & 4 ? 16 : 0) + (q >> 3) * 4 + (q & 3) : k;
+}
+
+static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, bool pack_order, float * cb_t) {
+#ifdef LOWBIT_AVX2
+    // every call of a decode token does this, so 8 codewords at a time: an 8 x 8 transpose in registers
+    for (int m = 0; m < M; ++m) {
+        for (int k = 0; k < 256; k += 8) {
+            const ggml_fp16_t * words = codebook + (m * 256 + k) * 8;
+            __m256              v[8], u[8];
+            for (int j = 0; j < 8; ++j) {
+                v[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (words + j * 8)));
+            }
+            for (int j = 0; j < 8; j += 2) {
+                u[j]     = _mm256_unpacklo_ps(v[j], v[j + 1]);
+                u[j + 1] = _mm256_unpackhi_ps(v[j], v[j + 1]);
+            }
+            for (int j = 0; j < 8; j += 4) {
+                for (int h = 0; h < 2; ++h) {
+                    v[j + h]     = _mm256_shuffle_ps(u[j + h], u[j + h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                    v[j + h + 2] = _mm256_shuffle_ps(u[j + h], u[j + h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                }
+            }
+            // v[0], v[2], v[1], v[3]: components 0-3 (low halves) and 4-7 (high halves) of words 0-3;
+            // v[4 + ...] the same of words 4-7
+            static const int order[4] = { 0, 2, 1, 3 };
+            const int        lo = codebook_slot(k, pack_order), hi = codebook_slot(k + 4, pack_order);
+            for (int i = 0; i < 4; ++i) {
+                const __m256 a = v[order[i]], b = v[order[i] + 4];
+                float *      c = cb_t + (m * 8 + i) * 256;
+                _mm_storeu_ps(c + lo, _mm256_castps256_ps128(a));
+                _mm_storeu_ps(c + hi, _mm256_castps256_ps128(b));
+                _mm_storeu_ps(c + 4 * 256 + lo, _mm256_extractf128_ps(a, 1));
+                _mm_storeu_ps(c + 4 * 256 + hi, _mm256_extractf128_ps(b, 1));
+            }
+        }
+    }
+#else
     for (int m = 0; m < M; ++m) {
         for (int k = 0; k < 256; ++k) {
             float word[8];
             ggml_cpu_fp16_to_fp32(codebook + (m * 256 + k) * 8, word, 8);
             for (int i = 0; i < 8; ++i) {
-                cb_t[(m * 8 + i) * 256 + k] = word[i];
+                cb_t[(m * 8 + i) * 256 + codebook_slot(k, pack_order)] = word[i];
             }
         }
     }
+#endif
 }
 
 // AQLM: tables [n_tokens][n_blocks][M][256] from codebooks transposed to [M][8][256] (cb_t)
@@ -442,7 +485,7 @@ static void aqlm_build_tables(const struct ggml_compute_params * params, struct 
     const int64_t n_tokens = n_tokens_of(dst);
 
     if (params->ith == 0) {
-        aqlm_transpose_codebooks(codebook, M, cb_t);
+        aqlm_transpose_codebooks(codebook, M, false, cb_t);
     }
     ggml_barrier(params->threadpool);
 
@@ -661,14 +704,13 @@ static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads) {
 
 #ifdef LOWBIT_REGISTER_TABLES
 // The tables of code positions c0 .. c0 + nc - 1 (nc <= RT_TABLES) for input x: <codeword, the position's 8
-// inputs> in f32 (16 entries are 8 FMAs over the transposed codebooks cbt; codebook m's 8 columns loaded once for
-// every position it serves) into tabf, then int16 into tabw with one step for the group so that the largest entry
-// is RT_ENTRY_MAX and a row's sum over the group fits in int16. Returns the step.
+// inputs> in f32 (16 entries are 8 FMAs over the transposed codebooks cbt, in pack order; codebook m's 8 columns
+// loaded once for every position it serves) into tabf, then int16 into tabw with one step for the group so that
+// the largest entry is RT_ENTRY_MAX and a row's sum over the group fits in int16. Returns the step. Inputs and
+// codebooks are finite (rt_finite), so an infinite step means the entries overflowed.
 static float rt_build_group(const float * x, const float * cbt, int M, int64_t c0, int64_t nc, float * tabf,
                             int16_t * tabw) {
-    __m512       largest = _mm512_setzero_ps();
-    __m512       unfit   = _mm512_setzero_ps();  // NaN once an entry is NaN or infinite (max_ps would drop it)
-    const __m512 zero    = _mm512_setzero_ps();
+    __m512 largest = _mm512_setzero_ps();
     for (int m = 0; m < M; ++m) {
         const int64_t first = c0 + ((m - c0 % M) + M) % M;
         for (int j = 0; j < 16; ++j) {
@@ -676,26 +718,35 @@ static float rt_build_group(const float * x, const float * cbt, int M, int64_t c
             for (int i = 0; i < 8; ++i) {
                 column[i] = _mm512_load_ps(cbt + (m * 8 + i) * 256 + j * 16);
             }
-            for (int64_t c = first; c < c0 + nc; c += M) {
-                const float * xb = x + c / M * 8;
+            for (int64_t c = first, b = first / M; c < c0 + nc; c += M, ++b) {
+                const float * xb = x + b * 8;
                 __m512        e  = _mm512_mul_ps(column[0], _mm512_set1_ps(xb[0]));
                 for (int i = 1; i < 8; ++i) {
                     e = _mm512_fmadd_ps(column[i], _mm512_set1_ps(xb[i]), e);
                 }
                 _mm512_store_ps(tabf + (c - c0) * 256 + j * 16, e);
-                largest = _mm512_max_ps(largest, _mm512_abs_ps(e));
-                unfit   = _mm512_fmadd_ps(e, zero, unfit);
+                largest = _mm512_range_ps(largest, e, 0x0B);  // the larger magnitude, sign cleared
             }
         }
     }
-    // NaN or infinite inputs: a NaN step turns the rows' sums into NaN, as a float dot product would
-    const float  top = _mm512_reduce_max_ps(largest) + _mm512_reduce_add_ps(unfit);
+    const float  top = _mm512_reduce_max_ps(largest);
     const __m512 inv = _mm512_set1_ps(top > 0.0f && top <= FLT_MAX ? RT_ENTRY_MAX / top : 0.0f);
-    for (int64_t i = 0; i < nc * 256; i += 16) {
-        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(tabf + i), inv));
-        _mm256_store_si256((__m256i *) (tabw + i), _mm512_cvtepi32_epi16(q));
+    for (int64_t i = 0; i < nc * 256; i += 32) {
+        const __m512i lo = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(tabf + i), inv));
+        const __m512i hi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(tabf + i + 16), inv));
+        _mm512_store_si512(tabw + i, _mm512_packs_epi32(lo, hi));  // codes i .. i + 31 in order (pack order)
     }
     return top / RT_ENTRY_MAX;
+}
+
+// whether n floats are all finite: x - x is 0 for them, NaN for infinities and NaN
+static bool rt_finite(const float * v, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m512 x = _mm512_maskz_loadu_ps(n - i >= 16 ? 0xFFFF : (__mmask16) ((1u << (n - i)) - 1), v + i);
+        acc            = _mm512_add_ps(acc, _mm512_sub_ps(x, x));
+    }
+    return _mm512_cmp_ps_mask(acc, _mm512_setzero_ps(), _CMP_EQ_OQ) == 0xFFFF;
 }
 
 // AQLM with 8-bit codes kept transposed, a few tokens. Each thread takes a contiguous share of the code positions
@@ -725,16 +776,29 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
 
     int64_t c_begin, c_end;
     thread_rows(params, n_codes, &c_begin, &c_end);
+    bool codebook_finite = true;
     if (c_begin < c_end) {
-        aqlm_transpose_codebooks(codebook, M, cbt);
+        aqlm_transpose_codebooks(codebook, M, true, cbt);
+        codebook_finite = rt_finite(cbt, M * 8 * 256);
     }
     const __m512i bit6 = _mm512_set1_epi16(64), bit7 = _mm512_set1_epi16(128);
     for (int64_t t = 0; t < n_tokens; ++t) {
-        float * acc = sums + t * n_rows;
+        const float * x   = token_row(dst->src[1], t);
+        float *       acc = sums + t * n_rows;
         memset(acc, 0, n_rows * sizeof(float));
+        if (c_begin < c_end && !(codebook_finite && rt_finite(x, w->ne[0]))) {
+            for (int64_t r = 0; r < n_rows; ++r) {
+                acc[r] = NAN;  // as a float dot product with a NaN or an infinity in it mostly is
+            }
+            continue;
+        }
         for (int64_t c0 = c_begin; c0 < c_end; c0 += RT_TABLES) {
             const int64_t nc   = c_end - c0 < RT_TABLES ? c_end - c0 : RT_TABLES;
-            const __m512  step = _mm512_set1_ps(rt_build_group(token_row(dst->src[1], t), cbt, M, c0, nc, tabf, tabw));
+            // the group's codes stream in while its tables are built
+            for (int64_t off = 0; off < nc * n_rows; off += 64) {
+                _mm_prefetch((const char *) (codes + c0 * n_rows + off), _MM_HINT_T1);
+            }
+            const __m512  step = _mm512_set1_ps(rt_build_group(x, cbt, M, c0, nc, tabf, tabw));
             memset(acc16, 0, n_rows * sizeof(int16_t));
             for (int64_t tb = 0; tb < nc; ++tb) {
                 __m512i table[8];
@@ -767,12 +831,13 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
     rt_thread_rows(params, n_rows, &r_begin, &r_end);
     for (int64_t t = 0; t < n_tokens; ++t) {
         float * yt = token_row(dst, t);
-        for (int64_t r = r_begin; r < r_end; ++r) {
-            float sum = 0.0f;
+        for (int64_t r = r_begin; r < r_end; r += 16) {
+            __m512 sum = _mm512_setzero_ps();
             for (int th = 0; th < params->nth; ++th) {
-                sum += work[th * sums_floats + t * n_rows + r];
+                sum = _mm512_add_ps(sum, _mm512_loadu_ps(work + th * sums_floats + t * n_rows + r));
             }
-            yt[r] = sum * GGML_CPU_FP16_TO_FP32(row_scale[r]);
+            const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (row_scale + r)));
+            _mm512_storeu_ps(yt + r, _mm512_mul_ps(sum, scale));
         }
     }
 }
