@@ -54,14 +54,14 @@ def test_avx2_machines_take_the_codeword_sum_kernel(runtime_build):
     np.testing.assert_allclose(fastest, tables, rtol=1e-5, atol=1e-5 * np.abs(tables).max())
 
 
-REGISTER_TABLES = cpu_has("avx512f", "avx512bw", "avx512dq")
+REGISTER_TABLES = cpu_has("avx512f", "avx512bw", "avx512dq", "avx512_bf16")
 
 
 # "loaded" places the weight as llama.cpp's loader does: 512 rows or more of 8-bit codes go to the CPU_LOWBIT buffer
-# (codes transposed at load). 1-4 tokens take the register tables (entries rounded to int16 per group of 16 code
-# positions: close, not exact), 17 and 70 the decode paths reading transposed codes (exact); 3 threads split the
+# (codes transposed at load). 1-4 tokens take the register tables (bf16 products, entries rounded to int16 per group
+# of 16 code positions: close, not exact), 17 and 70 the decode paths reading transposed codes (exact); 3 threads split the
 # code positions and rows unevenly.
-@pytest.mark.skipif(not REGISTER_TABLES, reason="the register-table kernel needs AVX-512 F, BW and DQ")
+@pytest.mark.skipif(not REGISTER_TABLES, reason="the register-table kernel needs AVX-512 F, BW, DQ and BF16")
 @pytest.mark.parametrize("config_text", ["2x8", "1x8"])
 @pytest.mark.parametrize("n_tokens", [1, 2, 4, 17, 70])
 @pytest.mark.parametrize("n_threads", [1, 3])
@@ -74,17 +74,21 @@ def test_transposed_codes_match_python_decode(config_text, n_tokens, n_threads, 
     packed = spec.pack(payload, config)
     got = lowbit_mul_mat(packed, x, n_threads=n_threads, path="loaded")
     want, magnitude = reference_matmul(spec, config, payload, x)
-    worst = np.max(np.abs(got - want) / (magnitude + 1e-6))
-    # register tables: entries round to 1/4094 of their group's largest (ggml's 8-bit activations round to 1/254 of
-    # each 32-input block's largest)
-    assert worst < (5e-3 if n_tokens <= 4 else 1e-5), f"worst relative error {worst:.2e}"
+    relative = np.abs(got - want) / (magnitude + 1e-6)
+    # register tables: codewords and inputs round to bf16 (each product within 2^-8, more against |x||w| where a
+    # row's codewords cancel) and entries to 1/4094 of their group's largest (ggml's 8-bit activations round to
+    # 1/254 of each 32-input block's largest)
+    if n_tokens <= 4:
+        assert relative.max() < 1e-2 and np.median(relative) < 1e-3, f"errors {relative.max():.2e}, {np.median(relative):.2e}"
+    else:
+        assert relative.max() < 1e-5, f"worst relative error {relative.max():.2e}"
     if n_tokens <= 4:  # the register tables ran, not the kernel of row-ordered codes
         assert not np.array_equal(got, lowbit_mul_mat(packed, x, n_threads=n_threads, path="fastest"))
 
 
 # Non-finite inputs or codebook entries give NaN rows (a float dot product gives NaN or an infinity), never finite
 # numbers from a table step that overflowed; the other token stays exact in its own right.
-@pytest.mark.skipif(not REGISTER_TABLES, reason="the register-table kernel needs AVX-512 F, BW and DQ")
+@pytest.mark.skipif(not REGISTER_TABLES, reason="the register-table kernel needs AVX-512 F, BW, DQ and BF16")
 @pytest.mark.parametrize("poison", ["nan input", "infinite input", "nan codeword"])
 def test_register_tables_carry_non_finite_values_to_every_row(poison, runtime_build):
     from lowbit_gguf.runtime import lowbit_mul_mat

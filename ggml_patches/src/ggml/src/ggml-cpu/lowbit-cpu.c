@@ -14,8 +14,9 @@
 //    salient codes are one int16 dot product. With AVX2, AQLM needs no tables either: a group's codewords
 //    are summed from f32 codebooks kept in L1 and multiply-added with the tokens (ggml_lowbit_set_cpu_path
 //    pins the tables, for the tests and the benchmarks).
-//  - register tables (AQLM with 8-bit codes in a CPU_LOWBIT buffer, codes transposed at load, AVX-512BW): the
-//    tables as int16, each in 8 zmm registers, looked up for 32 rows at once with vpermi2w.
+//  - register tables (AQLM with 8-bit codes in a CPU_LOWBIT buffer, codes transposed at load, AVX-512 BW, DQ and
+//    BF16): the tables built with bf16 dot products, rounded to int16, each held in 8 zmm registers and looked up
+//    for 32 rows at once with vpermi2w.
 //  - prompts (SGEMM_MIN_TOKENS and more): SGEMM_ROWS rows at a time are decoded to f32 by all threads, then
 //    multiplied with all tokens by ggml's own llamafile sgemm (all threads together). PTQ1.61 gathers the
 //    tokens into the rows' channel order first, so its rows decode with SIMD straight from the sign bits.
@@ -45,7 +46,7 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #    define LOWBIT_AVX512 1
 #endif
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512BF16__)
 #    define LOWBIT_REGISTER_TABLES 1
 #endif
 
@@ -691,10 +692,12 @@ static void rt_thread_rows(const struct ggml_compute_params * params, int64_t n_
 }
 
 // Work: every thread's f32 sums of all rows [n_threads][n_tokens][n_rows], then each thread's own codebooks as
-// f32 [M][8][256], one group's tables in f32 and int16, and the rows' int16 sums of a group.
+// f32 [M][8][256] and as bf16 pairs [M][4][256], the token's input in bf16, one group's tables in f32 and int16,
+// and the rows' int16 sums of a group.
 static int64_t rt_floats_per_thread(const struct ggml_tensor * w) {
     const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(w->type);
-    return align_floats(info->num_codebooks * 8 * 256) + RT_TABLES * 256 + RT_TABLES * 128 + align_floats(w->ne[1] / 2);
+    return align_floats(info->num_codebooks * 8 * 256) + align_floats(info->num_codebooks * 4 * 256) +
+           align_floats((w->ne[0] + 1) / 2) + RT_TABLES * 256 + RT_TABLES * 128 + align_floats(w->ne[1] / 2);
 }
 
 static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads) {
@@ -703,26 +706,57 @@ static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads) {
 }
 
 #ifdef LOWBIT_REGISTER_TABLES
-// The tables of code positions c0 .. c0 + nc - 1 (nc <= RT_TABLES) for input x: <codeword, the position's 8
-// inputs> in f32 (16 entries are 8 FMAs over the transposed codebooks cbt, in pack order; codebook m's 8 columns
-// loaded once for every position it serves) into tabf, then int16 into tabw with one step for the group so that
+// bf16 of each f32 lane (rounded to nearest even; finite inputs) in its upper 16 bits
+static inline __m512i rt_bf16_bits(__m512 v) {
+    const __m512i b = _mm512_castps_si512(v);
+    return _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1))));
+}
+
+// The codebooks transposed to f32 [M][8][256] (cbt) as bf16 pairs [M][4][256]: pair p of code k holds components
+// 2p and 2p + 1, the operand layout of vdpbf16ps (codes in cbt's order)
+static void rt_codebook_pairs(const float * cbt, int M, uint32_t * pairs) {
+    for (int m = 0; m < M; ++m) {
+        for (int p = 0; p < 4; ++p) {
+            for (int k = 0; k < 256; k += 16) {
+                const __m512i lo = rt_bf16_bits(_mm512_load_ps(cbt + (m * 8 + 2 * p) * 256 + k));
+                const __m512i hi = rt_bf16_bits(_mm512_load_ps(cbt + (m * 8 + 2 * p + 1) * 256 + k));
+                _mm512_store_si512(pairs + (m * 4 + p) * 256 + k,
+                                   _mm512_or_si512(_mm512_and_si512(hi, _mm512_set1_epi32((int) 0xFFFF0000)), _mm512_srli_epi32(lo, 16)));
+            }
+        }
+    }
+}
+
+// the token's n inputs in bf16 (rounded to nearest even): its 32-bit words are the input pairs vdpbf16ps takes
+static void rt_input_bf16(const float * x, int64_t n, uint16_t * out) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 mask = n - i >= 16 ? 0xFFFF : (__mmask16) ((1u << (n - i)) - 1);
+        const __m256bh  h    = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + i));
+        _mm256_mask_storeu_epi16(out + i, mask, (__m256i) h);
+    }
+}
+
+// The tables of code positions c0 .. c0 + nc - 1 (nc <= RT_TABLES) for the input pairs xp: <codeword, the
+// position's 8 inputs> in f32 from bf16 codewords and inputs (16 entries are 4 vdpbf16ps, two products per lane,
+// half the FMAs of f32: the build's cost; codebook m's pairs loaded once for every position it serves; bf16 rounds
+// to 1/256, about ggml's own 8-bit activations) into tabf, then int16 into tabw with one step for the group so that
 // the largest entry is RT_ENTRY_MAX and a row's sum over the group fits in int16. Returns the step. Inputs and
 // codebooks are finite (rt_finite), so an infinite step means the entries overflowed.
-static float rt_build_group(const float * x, const float * cbt, int M, int64_t c0, int64_t nc, float * tabf,
+static float rt_build_group(const uint32_t * xp, const uint32_t * pairs, int M, int64_t c0, int64_t nc, float * tabf,
                             int16_t * tabw) {
     __m512 largest = _mm512_setzero_ps();
     for (int m = 0; m < M; ++m) {
         const int64_t first = c0 + ((m - c0 % M) + M) % M;
         for (int j = 0; j < 16; ++j) {
-            __m512 column[8];
-            for (int i = 0; i < 8; ++i) {
-                column[i] = _mm512_load_ps(cbt + (m * 8 + i) * 256 + j * 16);
+            __m512bh column[4];
+            for (int p = 0; p < 4; ++p) {
+                column[p] = (__m512bh) _mm512_load_si512(pairs + (m * 4 + p) * 256 + j * 16);
             }
             for (int64_t c = first, b = first / M; c < c0 + nc; c += M, ++b) {
-                const float * xb = x + b * 8;
-                __m512        e  = _mm512_mul_ps(column[0], _mm512_set1_ps(xb[0]));
-                for (int i = 1; i < 8; ++i) {
-                    e = _mm512_fmadd_ps(column[i], _mm512_set1_ps(xb[i]), e);
+                const uint32_t * xb = xp + b * 4;
+                __m512           e  = _mm512_setzero_ps();
+                for (int p = 0; p < 4; ++p) {
+                    e = _mm512_dpbf16_ps(e, column[p], (__m512bh) _mm512_set1_epi32((int) xb[p]));
                 }
                 _mm512_store_ps(tabf + (c - c0) * 256 + j * 16, e);
                 largest = _mm512_range_ps(largest, e, 0x0B);  // the larger magnitude, sign cleared
@@ -753,8 +787,9 @@ static bool rt_finite(const float * v, int64_t n) {
 // (its codes are one stream) and all rows: per group of up to RT_TABLES positions it builds the tables
 // (rt_build_group); a table then sits in 8 zmm registers, one vpermi2w looks up 32 rows' codes (one load of
 // transposed codes) in 64 entries and two blends pick the quarter; the group's int16 sums go to the thread's f32
-// sums times its step. After a barrier each thread adds up its share of the rows over the threads. Table entries
-// round to 1/4094 of their group's largest entry, finer than ggml's 8-bit activations.
+// sums times its step. After a barrier each thread adds up its share of the rows over the threads. Codewords and
+// inputs round to bf16 (1/256 relative, as fine as ggml's 8-bit activations, which round to 1/254 of a block's
+// largest), table entries to 1/4094 of their group's largest.
 static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * params, struct ggml_tensor * dst,
                                          const struct ggml_lowbit_type_info * info, const void * const * sides,
                                          float * work) {
@@ -770,7 +805,9 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
 
     float *   sums  = work + params->ith * sums_floats;  // this thread's [n_tokens][n_rows]
     float *   cbt   = work + params->nth * sums_floats + params->ith * rt_floats_per_thread(w);
-    float *   tabf  = cbt + align_floats(M * 8 * 256);
+    uint32_t * pairs = (uint32_t *) (cbt + align_floats(M * 8 * 256));
+    uint16_t * x16   = (uint16_t *) (cbt + align_floats(M * 8 * 256) + align_floats(M * 4 * 256));
+    float *   tabf  = cbt + align_floats(M * 8 * 256) + align_floats(M * 4 * 256) + align_floats((w->ne[0] + 1) / 2);
     int16_t * tabw  = (int16_t *) (tabf + RT_TABLES * 256);
     int16_t * acc16 = (int16_t *) (tabf + RT_TABLES * 256 + RT_TABLES * 128);
 
@@ -780,6 +817,7 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
     if (c_begin < c_end) {
         aqlm_transpose_codebooks(codebook, M, true, cbt);
         codebook_finite = rt_finite(cbt, M * 8 * 256);
+        rt_codebook_pairs(cbt, M, pairs);
     }
     const __m512i bit6 = _mm512_set1_epi16(64), bit7 = _mm512_set1_epi16(128);
     for (int64_t t = 0; t < n_tokens; ++t) {
@@ -792,13 +830,14 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
             }
             continue;
         }
+        rt_input_bf16(x, w->ne[0], x16);
         for (int64_t c0 = c_begin; c0 < c_end; c0 += RT_TABLES) {
             const int64_t nc   = c_end - c0 < RT_TABLES ? c_end - c0 : RT_TABLES;
             // the group's codes stream in while its tables are built
             for (int64_t off = 0; off < nc * n_rows; off += 64) {
                 _mm_prefetch((const char *) (codes + c0 * n_rows + off), _MM_HINT_T1);
             }
-            const __m512  step = _mm512_set1_ps(rt_build_group(x, cbt, M, c0, nc, tabf, tabw));
+            const __m512  step = _mm512_set1_ps(rt_build_group((const uint32_t *) x16, pairs, M, c0, nc, tabf, tabw));
             memset(acc16, 0, n_rows * sizeof(int16_t));
             for (int64_t tb = 0; tb < nc; ++tb) {
                 __m512i table[8];
