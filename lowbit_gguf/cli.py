@@ -264,7 +264,7 @@ def bench_kernels(gguf_files, block, tokens, threads, paths, repeat, rounds):
                                      progress=bar.update)
     n_layers = len({t.name.split(".")[1] for t in read_summary(files[0]).tensors if t.name.startswith("blk.")})
     click.echo(format_timings(timings, n_layers))
-    click.echo(f"({os.cpu_count()} cores; medians of {rounds} alternating rounds of {repeat} matmuls)")
+    click.echo(f"({os.cpu_count()} cores; medians and fastest of {rounds} alternating rounds of {repeat} matmuls)")
 
 
 @cli.command("bench-suite")
