@@ -422,15 +422,7 @@ static void table_from_nibbles(const float low[16], const float high[16], float 
 }
 
 // codebooks [M][256][8] f16 -> [M][8][256] f32, so 16 table entries are 8 multiply-adds over contiguous floats
-// Where code k's entries sit in a transposed codebook row: k itself, or (pack_order, for the register tables)
-// the order in which _mm512_packs_epi32 of two 16-code vectors gives back codes k .. k + 31 in order (it
-// interleaves its sources 4 lanes at a time).
-static inline int codebook_slot(int k, bool pack_order) {
-    const int q = k & 31;
-    return pack_order ? (k & ~31) + (q & 4 ? 16 : 0) + (q >> 3) * 4 + (q & 3) : k;
-}
-
-static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, bool pack_order, float * cb_t) {
+static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, float * cb_t) {
 #ifdef LOWBIT_AVX2
     // every call of a decode token does this, so 8 codewords at a time: an 8 x 8 transpose in registers
     for (int m = 0; m < M; ++m) {
@@ -453,14 +445,10 @@ static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, bool p
             // v[0], v[2], v[1], v[3]: components 0-3 (low halves) and 4-7 (high halves) of words 0-3;
             // v[4 + ...] the same of words 4-7
             static const int order[4] = { 0, 2, 1, 3 };
-            const int        lo = codebook_slot(k, pack_order), hi = codebook_slot(k + 4, pack_order);
             for (int i = 0; i < 4; ++i) {
                 const __m256 a = v[order[i]], b = v[order[i] + 4];
-                float *      c = cb_t + (m * 8 + i) * 256;
-                _mm_storeu_ps(c + lo, _mm256_castps256_ps128(a));
-                _mm_storeu_ps(c + hi, _mm256_castps256_ps128(b));
-                _mm_storeu_ps(c + 4 * 256 + lo, _mm256_extractf128_ps(a, 1));
-                _mm_storeu_ps(c + 4 * 256 + hi, _mm256_extractf128_ps(b, 1));
+                _mm256_storeu_ps(cb_t + (m * 8 + i) * 256 + k, _mm256_permute2f128_ps(a, b, 0x20));
+                _mm256_storeu_ps(cb_t + (m * 8 + i + 4) * 256 + k, _mm256_permute2f128_ps(a, b, 0x31));
             }
         }
     }
@@ -470,7 +458,7 @@ static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, bool p
             float word[8];
             ggml_cpu_fp16_to_fp32(codebook + (m * 256 + k) * 8, word, 8);
             for (int i = 0; i < 8; ++i) {
-                cb_t[(m * 8 + i) * 256 + codebook_slot(k, pack_order)] = word[i];
+                cb_t[(m * 8 + i) * 256 + k] = word[i];
             }
         }
     }
@@ -486,7 +474,7 @@ static void aqlm_build_tables(const struct ggml_compute_params * params, struct 
     const int64_t n_tokens = n_tokens_of(dst);
 
     if (params->ith == 0) {
-        aqlm_transpose_codebooks(codebook, M, false, cb_t);
+        aqlm_transpose_codebooks(codebook, M, cb_t);
     }
     ggml_barrier(params->threadpool);
 
@@ -692,12 +680,12 @@ static void rt_thread_rows(const struct ggml_compute_params * params, int64_t n_
 }
 
 // Work: every thread's f32 sums of all rows [n_threads][n_tokens][n_rows], then each thread's own codebooks as
-// f32 [M][8][256] and as bf16 pairs [M][4][256], the token's input in bf16, one group's tables in f32 and int16,
-// and the rows' int16 sums of a group.
+// bf16 pairs [M][4][256], the token's input in bf16, one group's tables in f32 and int16, and the rows' int16 sums
+// of a group.
 static int64_t rt_floats_per_thread(const struct ggml_tensor * w) {
     const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(w->type);
-    return align_floats(info->num_codebooks * 8 * 256) + align_floats(info->num_codebooks * 4 * 256) +
-           align_floats((w->ne[0] + 1) / 2) + RT_TABLES * 256 + RT_TABLES * 128 + align_floats(w->ne[1] / 2);
+    return align_floats(info->num_codebooks * 4 * 256) + align_floats((w->ne[0] + 1) / 2) + RT_TABLES * 256 +
+           RT_TABLES * 128 + align_floats(w->ne[1] / 2);
 }
 
 static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads) {
@@ -706,25 +694,35 @@ static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads) {
 }
 
 #ifdef LOWBIT_REGISTER_TABLES
-// bf16 of each f32 lane (rounded to nearest even; finite inputs) in its upper 16 bits
-static inline __m512i rt_bf16_bits(__m512 v) {
-    const __m512i b = _mm512_castps_si512(v);
-    return _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1))));
-}
-
-// The codebooks transposed to f32 [M][8][256] (cbt) as bf16 pairs [M][4][256]: pair p of code k holds components
-// 2p and 2p + 1, the operand layout of vdpbf16ps (codes in cbt's order)
-static void rt_codebook_pairs(const float * cbt, int M, uint32_t * pairs) {
+// Codebooks [M][256][8] f16 as bf16 pairs [M][4][256] (pair p of a code: components 2p and 2p + 1, the operand
+// layout of vdpbf16ps), codes in pack order: within each 32 codes, the order in which _mm512_packs_epi32 of two
+// 16-code vectors of table entries gives them back in order (it interleaves its sources 4 lanes at a time), so
+// 16-lane vector j holds codes 32 (j / 2) + 4 (j % 2) + 8 a + b for a, b in 0..3. Returns false if a codebook
+// entry is infinite or NaN.
+static bool rt_codebook_pairs(const ggml_fp16_t * codebook, int M, uint32_t * pairs) {
+    __mmask32 unfit = 0;
     for (int m = 0; m < M; ++m) {
-        for (int p = 0; p < 4; ++p) {
-            for (int k = 0; k < 256; k += 16) {
-                const __m512i lo = rt_bf16_bits(_mm512_load_ps(cbt + (m * 8 + 2 * p) * 256 + k));
-                const __m512i hi = rt_bf16_bits(_mm512_load_ps(cbt + (m * 8 + 2 * p + 1) * 256 + k));
-                _mm512_store_si512(pairs + (m * 4 + p) * 256 + k,
-                                   _mm512_or_si512(_mm512_and_si512(hi, _mm512_set1_epi32((int) 0xFFFF0000)), _mm512_srli_epi32(lo, 16)));
+        for (int j = 0; j < 16; ++j) {
+            __m512i group[4];  // codes 4 g .. 4 g + 3 of this vector, as 16 pairs each (code-major)
+            for (int a = 0; a < 4; ++a) {
+                const int     first = 32 * (j / 2) + 4 * (j % 2) + 8 * a;
+                const __m512i h     = _mm512_loadu_si512(codebook + (m * 256 + first) * 8);
+                unfit |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(h, _mm512_set1_epi16(0x7C00)), _mm512_set1_epi16(0x7C00));
+                const __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+                const __m512 hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+                group[a]        = (__m512i) _mm512_cvtne2ps_pbh(hi, lo);
+            }
+            for (int p = 0; p < 4; ++p) {
+                // lanes 4 a + b: pair p of code b of group a (word 4 b + p of group a)
+                const __m512i idx = _mm512_setr_epi32(p, 4 + p, 8 + p, 12 + p, 16 + p, 20 + p, 24 + p, 28 + p,
+                                                      p, 4 + p, 8 + p, 12 + p, 16 + p, 20 + p, 24 + p, 28 + p);
+                const __m512i x   = _mm512_permutex2var_epi32(group[0], idx, group[1]);
+                const __m512i y   = _mm512_permutex2var_epi32(group[2], idx, group[3]);
+                _mm512_store_si512(pairs + (m * 4 + p) * 256 + j * 16, _mm512_shuffle_i64x2(x, y, _MM_SHUFFLE(1, 0, 1, 0)));
             }
         }
     }
+    return unfit == 0;
 }
 
 // the token's n inputs in bf16 (rounded to nearest even): its 32-bit words are the input pairs vdpbf16ps takes
@@ -804,10 +802,10 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
     const int64_t              sums_floats = align_floats(n_tokens * n_rows);
 
     float *   sums  = work + params->ith * sums_floats;  // this thread's [n_tokens][n_rows]
-    float *   cbt   = work + params->nth * sums_floats + params->ith * rt_floats_per_thread(w);
-    uint32_t * pairs = (uint32_t *) (cbt + align_floats(M * 8 * 256));
-    uint16_t * x16   = (uint16_t *) (cbt + align_floats(M * 8 * 256) + align_floats(M * 4 * 256));
-    float *   tabf  = cbt + align_floats(M * 8 * 256) + align_floats(M * 4 * 256) + align_floats((w->ne[0] + 1) / 2);
+    float *    mine  = work + params->nth * sums_floats + params->ith * rt_floats_per_thread(w);
+    uint32_t * pairs = (uint32_t *) mine;
+    uint16_t * x16   = (uint16_t *) (mine + align_floats(M * 4 * 256));
+    float *    tabf  = mine + align_floats(M * 4 * 256) + align_floats((w->ne[0] + 1) / 2);
     int16_t * tabw  = (int16_t *) (tabf + RT_TABLES * 256);
     int16_t * acc16 = (int16_t *) (tabf + RT_TABLES * 256 + RT_TABLES * 128);
 
@@ -815,9 +813,7 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
     thread_rows(params, n_codes, &c_begin, &c_end);
     bool codebook_finite = true;
     if (c_begin < c_end) {
-        aqlm_transpose_codebooks(codebook, M, true, cbt);
-        codebook_finite = rt_finite(cbt, M * 8 * 256);
-        rt_codebook_pairs(cbt, M, pairs);
+        codebook_finite = rt_codebook_pairs(codebook, M, pairs);
     }
     const __m512i bit6 = _mm512_set1_epi16(64), bit7 = _mm512_set1_epi16(128);
     for (int64_t t = 0; t < n_tokens; ++t) {
