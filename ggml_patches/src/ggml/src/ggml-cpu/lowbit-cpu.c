@@ -423,36 +423,6 @@ static void table_from_nibbles(const float low[16], const float high[16], float 
 
 // codebooks [M][256][8] f16 -> [M][8][256] f32, so 16 table entries are 8 multiply-adds over contiguous floats
 static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, float * cb_t) {
-#ifdef LOWBIT_AVX2
-    // every call of a decode token does this, so 8 codewords at a time: an 8 x 8 transpose in registers
-    for (int m = 0; m < M; ++m) {
-        for (int k = 0; k < 256; k += 8) {
-            const ggml_fp16_t * words = codebook + (m * 256 + k) * 8;
-            __m256              v[8], u[8];
-            for (int j = 0; j < 8; ++j) {
-                v[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (words + j * 8)));
-            }
-            for (int j = 0; j < 8; j += 2) {
-                u[j]     = _mm256_unpacklo_ps(v[j], v[j + 1]);
-                u[j + 1] = _mm256_unpackhi_ps(v[j], v[j + 1]);
-            }
-            for (int j = 0; j < 8; j += 4) {
-                for (int h = 0; h < 2; ++h) {
-                    v[j + h]     = _mm256_shuffle_ps(u[j + h], u[j + h + 2], _MM_SHUFFLE(1, 0, 1, 0));
-                    v[j + h + 2] = _mm256_shuffle_ps(u[j + h], u[j + h + 2], _MM_SHUFFLE(3, 2, 3, 2));
-                }
-            }
-            // v[0], v[2], v[1], v[3]: components 0-3 (low halves) and 4-7 (high halves) of words 0-3;
-            // v[4 + ...] the same of words 4-7
-            static const int order[4] = { 0, 2, 1, 3 };
-            for (int i = 0; i < 4; ++i) {
-                const __m256 a = v[order[i]], b = v[order[i] + 4];
-                _mm256_storeu_ps(cb_t + (m * 8 + i) * 256 + k, _mm256_permute2f128_ps(a, b, 0x20));
-                _mm256_storeu_ps(cb_t + (m * 8 + i + 4) * 256 + k, _mm256_permute2f128_ps(a, b, 0x31));
-            }
-        }
-    }
-#else
     for (int m = 0; m < M; ++m) {
         for (int k = 0; k < 256; ++k) {
             float word[8];
@@ -462,7 +432,6 @@ static void aqlm_transpose_codebooks(const ggml_fp16_t * codebook, int M, float 
             }
         }
     }
-#endif
 }
 
 // AQLM: tables [n_tokens][n_blocks][M][256] from codebooks transposed to [M][8][256] (cb_t)
@@ -738,8 +707,8 @@ static void rt_input_bf16(const float * x, int64_t n, uint16_t * out) {
 // position's 8 inputs> in f32 from bf16 codewords and inputs (16 entries are 4 vdpbf16ps, two products per lane,
 // half the FMAs of f32: the build's cost; codebook m's pairs loaded once for every position it serves; bf16 rounds
 // to 1/256, about ggml's own 8-bit activations) into tabf, then int16 into tabw with one step for the group so that
-// the largest entry is RT_ENTRY_MAX and a row's sum over the group fits in int16. Returns the step. Inputs and
-// codebooks are finite (rt_finite), so an infinite step means the entries overflowed.
+// the largest entry is RT_ENTRY_MAX and a row's sum over the group fits in int16. Returns the step. Inputs
+// (rt_finite) and codebooks (rt_codebook_pairs) are finite, so an infinite step means the entries overflowed.
 static float rt_build_group(const uint32_t * xp, const uint32_t * pairs, int M, int64_t c0, int64_t nc, float * tabf,
                             int16_t * tabw) {
     __m512 largest = _mm512_setzero_ps();
@@ -801,13 +770,13 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
     const ggml_fp16_t *        row_scale = (const ggml_fp16_t *) sides[1];
     const int64_t              sums_floats = align_floats(n_tokens * n_rows);
 
-    float *   sums  = work + params->ith * sums_floats;  // this thread's [n_tokens][n_rows]
+    float *    sums  = work + params->ith * sums_floats;  // this thread's [n_tokens][n_rows]
     float *    mine  = work + params->nth * sums_floats + params->ith * rt_floats_per_thread(w);
     uint32_t * pairs = (uint32_t *) mine;
     uint16_t * x16   = (uint16_t *) (mine + align_floats(M * 4 * 256));
     float *    tabf  = mine + align_floats(M * 4 * 256) + align_floats((w->ne[0] + 1) / 2);
-    int16_t * tabw  = (int16_t *) (tabf + RT_TABLES * 256);
-    int16_t * acc16 = (int16_t *) (tabf + RT_TABLES * 256 + RT_TABLES * 128);
+    int16_t *  tabw  = (int16_t *) (tabf + RT_TABLES * 256);
+    int16_t *  acc16 = (int16_t *) (tabf + RT_TABLES * 256 + RT_TABLES * 128);
 
     int64_t c_begin, c_end;
     thread_rows(params, n_codes, &c_begin, &c_end);
