@@ -74,27 +74,66 @@ def test_configs_and_bits_per_weight():
             AQLMConfig.parse(bad)
 
 
-def test_beam_search_finds_the_brute_force_optimum_for_one_group():
+@pytest.mark.parametrize("nbits", [4, 16])  # 16: 1x16's codebook, searched by the fused kernel
+def test_beam_search_finds_the_brute_force_optimum_for_one_group(nbits):
     """One group per row and one codebook: the search must pick, per row, the codeword that a naive
-    loop over all codewords finds best under the H-weighted objective."""
+    pass over all codewords finds best under the H-weighted objective."""
     from lowbit_gguf.methods.aqlm import beam_search_codes, decode
 
     g = torch.Generator().manual_seed(5)
-    config = AQLMConfig(num_codebooks=1, nbits=4, beam_size=1)
+    k = 2**nbits
+    config = AQLMConfig(num_codebooks=1, nbits=nbits, beam_size=1)
     w = torch.randn(16, 8, generator=g)
     x = torch.randn(256, 8, generator=g)
     h = x.T @ x / 256
-    codebooks = torch.randn(1, 16, 8, generator=g)
+    codebooks = torch.randn(1, k, 8, generator=g)
     scales = torch.rand(16, generator=g) + 0.5
     start = torch.zeros(16, 1, 1, dtype=torch.long)
     found = beam_search_codes(w, h, start, codebooks, scales, config, g)
     for r in range(16):
-        costs = [objective((scales[r] * codebooks[0, k] - w[r])[None], h) for k in range(16)]
-        assert found[r, 0, 0] == int(torch.stack(costs).argmin()), r
+        errors = scales[r] * codebooks[0] - w[r]  # [K, 8]: row r's error with each codeword
+        costs = ((errors @ h) * errors).sum(-1)
+        assert found[r, 0, 0] == int(costs.argmin()), r
     # and the sweep never makes the objective worse than where it started
     before = objective(decode({"codes": start, "codebooks": codebooks, "scales": scales}, config) - w, h)
     after = objective(decode({"codes": found, "codebooks": codebooks, "scales": scales}, config) - w, h)
     assert after <= before
+
+
+def test_nearest_codewords_fused_kernel_matches_the_plain_scores():
+    from lowbit_gguf.methods.aqlm import nearest_codewords
+
+    g = torch.Generator().manual_seed(1)
+    queries, codebook = torch.randn(300, 8, generator=g), torch.randn(5000, 8, generator=g)
+    norms = (codebook * codebook).sum(1)
+    fused_values, fused_index = nearest_codewords(queries, codebook, norms, fused=True)
+    plain_values, plain_index = nearest_codewords(queries, codebook, norms, fused=False)
+    brute = torch.cdist(queries, codebook).argmin(1)
+    assert torch.equal(fused_index, brute) and torch.equal(plain_index, brute)
+    assert torch.allclose(fused_values, plain_values, atol=1e-5)
+    assert torch.allclose(fused_values, (codebook[brute] - queries).pow(2).sum(1) - queries.pow(2).sum(1), atol=1e-4)
+
+
+def test_kmeans_stops_at_its_fixed_point_and_keeps_every_point_when_codewords_suffice():
+    from lowbit_gguf.methods.aqlm import kmeans
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(100, 8, generator=g)
+    centroids, assign = kmeans(x, 128, 20, g)  # more codewords than points: each point is one exactly
+    assert centroids.shape == (128, 8) and torch.equal(centroids[assign], x)
+    # two tight clusters: the assignment settles at once, and the centroids are the cluster means
+    x = torch.cat([torch.randn(50, 8, generator=g) * 0.01 + 5, torch.randn(50, 8, generator=g) * 0.01 - 5])
+    centroids, assign = kmeans(x, 2, 20, g)
+    assert assign[:50].unique().numel() == 1 and assign[50:].unique().numel() == 1 and assign[0] != assign[50]
+    assert torch.allclose(centroids[assign[0]], x[:50].mean(0)) and torch.allclose(centroids[assign[50]], x[50:].mean(0))
+
+
+def test_1x16_keeps_small_weights_nearly_exact():
+    """1x16 holds 65,536 codewords: a weight with fewer groups than that is stored up to f16 rounding."""
+    w, h = problem(d_out=64, d_in=64)
+    q = SPEC.quantize(w, h, replace(SPEC.parse_config("1x16"), **FAST))
+    assert q.payload["codes"].dtype == torch.int32 and int(q.payload["codes"].max()) < 65536
+    assert torch.allclose(q.decoded, w, atol=1e-4)
 
 
 def test_block_finetuning_brings_outputs_closer_to_the_float_block(tmp_path):

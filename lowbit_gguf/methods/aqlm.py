@@ -76,19 +76,65 @@ def decode(payload: dict[str, torch.Tensor], config: AQLMConfig) -> torch.Tensor
     return scales[:, None] * groups.reshape(d_out, n_groups * config.group_size)
 
 
+def _min_score_eager(queries: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor):
+    return torch.addmm(norms, queries, codebook.T, alpha=-2).min(1)
+
+
+def _min_score_fused(queries: torch.Tensor, codebook_t: torch.Tensor, norms: torch.Tensor):
+    # one term per coordinate over [g, K] rows of the codebook: inductor then fuses the sum and the min into
+    # one vectorised loop over codewords instead of writing a [rows, K] score matrix
+    score = norms[None, :]
+    for d in range(codebook_t.shape[0]):
+        score = score - 2 * queries[:, d : d + 1] * codebook_t[d][None, :]
+    return score.min(1)
+
+
+_FUSED_MIN_SCORE = {}  # the compiled kernel, built at first use (a few seconds) and only for large codebooks
+FUSED_FROM = 4096  # codebook size from which the fused kernel is worth its compilation
+
+
+def nearest_codewords(queries: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor,
+                      fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row q of queries [n, g]: min over codewords c [K, g] of norms[c] - 2 q.c, and its index.
+
+    With norms = |c|^2 this is the nearest codeword (k-means); with norms = c^T H c and q = -b / s it is
+    the best single codeword of the beam search. Rows go in chunks so scores stay small; with 1x16's 65,536
+    codewords (fused, the default from FUSED_FROM entries) a compiled kernel never writes them at all."""
+    k = codebook.shape[0]
+    fused = k >= FUSED_FROM if fused is None else fused
+    if fused:
+        if "kernel" not in _FUSED_MIN_SCORE:
+            _FUSED_MIN_SCORE["kernel"] = torch.compile(_min_score_fused, dynamic=True)
+        kernel, table, chunk = _FUSED_MIN_SCORE["kernel"], codebook.T.contiguous(), 4096
+    else:
+        kernel, table, chunk = _min_score_eager, codebook, max(1, 2**22 // k)
+    values, indices = [], []
+    for start in range(0, queries.shape[0], chunk):
+        v, i = kernel(queries[start : start + chunk].contiguous(), table, norms)
+        values.append(v)
+        indices.append(i)
+    return torch.cat(values), torch.cat(indices)
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain k-means on rows of x [n, g]: (centroids [k, g], assignment [n])."""
+    """Plain k-means on rows of x [n, g]: (centroids [k, g], assignment [n]). Stops early at a fixed point
+    (an unchanged assignment gives unchanged centroids)."""
     n = x.shape[0]
-    centroids = x[torch.randperm(n, generator=generator)[:k]].clone()
-    if centroids.shape[0] < k:  # fewer points than codewords: pad with jittered copies
-        extra = centroids[torch.randint(0, centroids.shape[0], (k - centroids.shape[0],), generator=generator)]
+    perm = torch.randperm(n, generator=generator)
+    centroids = x[perm[:k]].clone()
+    if n <= k:  # every point is a codeword; pad with jittered copies
+        extra = centroids[torch.randint(0, n, (k - n,), generator=generator)]
         centroids = torch.cat([centroids, extra + 1e-3 * torch.randn(extra.shape, generator=generator)])
+        return centroids, torch.empty(n, dtype=torch.long).index_put_((perm,), torch.arange(n))
+    assign = None
     for _ in range(iters):
-        assign = torch.cdist(x, centroids).argmin(1)
+        previous, assign = assign, nearest_codewords(x, centroids, (centroids * centroids).sum(1))[1]
+        if previous is not None and torch.equal(previous, assign):
+            return centroids, assign
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k)[:, None]
         centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    return centroids, torch.cdist(x, centroids).argmin(1)
+    return centroids, nearest_codewords(x, centroids, (centroids * centroids).sum(1))[1]
 
 
 def objective(error: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
@@ -122,6 +168,11 @@ def beam_search_codes(weight, hessian, codes, codebooks, scales, config, generat
             const = 2 * (a * grad[:, None, :]).sum(-1) + (a_h * a).sum(-1)  # [d_out, beam]
             cb = codebooks[m]  # [K, g]
             c_h_c = ((cb @ h_jj) * cb).sum(-1)  # [K]
+            if n_cb == 1:  # one hypothesis: the best codeword is a nearest-codeword query (no [d_out, K] scores)
+                s_row = scales.where(scales != 0, torch.full_like(scales, 1e-30))
+                values, choice = nearest_codewords(-(grad + a_h[:, 0]) / s_row[:, None], cb, c_h_c)
+                hyp, best_score = choice[:, None, None], const[:, 0] + s_row * s_row * values
+                break
             linear = 2 * (grad[:, None, :] + a_h) @ cb.T  # [d_out, beam, K]
             score = const[..., None] + s * linear + s * s * c_h_c
             flat = score.reshape(d_out, -1)
