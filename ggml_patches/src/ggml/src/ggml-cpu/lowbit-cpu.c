@@ -648,18 +648,27 @@ static void rt_thread_rows(const struct ggml_compute_params * params, int64_t n_
     *end *= RT_ROWS;
 }
 
-// Work: every thread's f32 sums of all rows [n_threads][n_tokens][n_rows], then each thread's own codebooks as
-// bf16 pairs [M][4][256], the token's input in bf16, one group's tables in f32 and int16, and the rows' int16 sums
-// of a group.
-static int64_t rt_floats_per_thread(const struct ggml_tensor * w) {
+// Work: every thread's f32 sums of all rows [n_threads][n_tokens][n_rows], then each thread's own part: its
+// codebooks as bf16 pairs [M][4][256] (at 0), the token's input in bf16, one group's tables in f32 and int16, and
+// the rows' int16 sums of a group. Offsets in floats from the start of the thread's part.
+struct rt_layout {
+    int64_t x16, tabf, tabw, acc16, floats;
+};
+
+static struct rt_layout rt_layout_of(const struct ggml_tensor * w) {
     const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(w->type);
-    return align_floats(info->num_codebooks * 4 * 256) + align_floats((w->ne[0] + 1) / 2) + RT_TABLES * 256 +
-           RT_TABLES * 128 + align_floats(w->ne[1] / 2);
+    struct rt_layout                     l;
+    l.x16    = align_floats(info->num_codebooks * 4 * 256);
+    l.tabf   = l.x16 + align_floats((w->ne[0] + 1) / 2);
+    l.tabw   = l.tabf + RT_TABLES * 256;
+    l.acc16  = l.tabw + RT_TABLES * 128;
+    l.floats = l.acc16 + align_floats(w->ne[1] / 2);
+    return l;
 }
 
 static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads) {
     const struct ggml_tensor * w = dst->src[0];
-    return n_threads * (align_floats(n_tokens_of(dst) * w->ne[1]) + rt_floats_per_thread(w));
+    return n_threads * (align_floats(n_tokens_of(dst) * w->ne[1]) + rt_layout_of(w).floats);
 }
 
 #ifdef LOWBIT_REGISTER_TABLES
@@ -770,13 +779,14 @@ static void aqlm_mul_mat_register_tables(const struct ggml_compute_params * para
     const ggml_fp16_t *        row_scale = (const ggml_fp16_t *) sides[1];
     const int64_t              sums_floats = align_floats(n_tokens * n_rows);
 
-    float *    sums  = work + params->ith * sums_floats;  // this thread's [n_tokens][n_rows]
-    float *    mine  = work + params->nth * sums_floats + params->ith * rt_floats_per_thread(w);
-    uint32_t * pairs = (uint32_t *) mine;
-    uint16_t * x16   = (uint16_t *) (mine + align_floats(M * 4 * 256));
-    float *    tabf  = mine + align_floats(M * 4 * 256) + align_floats((w->ne[0] + 1) / 2);
-    int16_t *  tabw  = (int16_t *) (tabf + RT_TABLES * 256);
-    int16_t *  acc16 = (int16_t *) (tabf + RT_TABLES * 256 + RT_TABLES * 128);
+    const struct rt_layout l     = rt_layout_of(w);
+    float *                sums  = work + params->ith * sums_floats;  // this thread's [n_tokens][n_rows]
+    float *                mine  = work + params->nth * sums_floats + params->ith * l.floats;
+    uint32_t *             pairs = (uint32_t *) mine;
+    uint16_t *             x16   = (uint16_t *) (mine + l.x16);
+    float *                tabf  = mine + l.tabf;
+    int16_t *              tabw  = (int16_t *) (mine + l.tabw);
+    int16_t *              acc16 = (int16_t *) (mine + l.acc16);
 
     int64_t c_begin, c_end;
     thread_rows(params, n_codes, &c_begin, &c_end);
