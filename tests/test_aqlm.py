@@ -74,7 +74,7 @@ def test_configs_and_bits_per_weight():
             AQLMConfig.parse(bad)
 
 
-@pytest.mark.parametrize("nbits", [4, 16])  # 16: 1x16's codebook, searched by the fused kernel
+@pytest.mark.parametrize("nbits", [4, 16])  # 16: 1x16's 65,536 codewords
 def test_beam_search_finds_the_brute_force_optimum_for_one_group(nbits):
     """One group per row and one codebook: the search must pick, per row, the codeword that a naive
     pass over all codewords finds best under the H-weighted objective."""
@@ -100,18 +100,36 @@ def test_beam_search_finds_the_brute_force_optimum_for_one_group(nbits):
     assert after <= before
 
 
-def test_nearest_codewords_fused_kernel_matches_the_plain_scores():
-    from lowbit_gguf.methods.aqlm import nearest_codewords
+@pytest.mark.parametrize("n, k, g", [(300, 5000, 8), (1, 65536, 8), (129, 1500, 4)])
+def test_nearest_codewords_match_brute_force(n, k, g):
+    """The C kernel (blocks of 1024 codewords, rows over threads) against every distance computed in torch."""
+    from lowbit_gguf.nearest import nearest_codewords
 
-    g = torch.Generator().manual_seed(1)
-    queries, codebook = torch.randn(300, 8, generator=g), torch.randn(5000, 8, generator=g)
-    norms = (codebook * codebook).sum(1)
-    fused_values, fused_index = nearest_codewords(queries, codebook, norms, fused=True)
-    plain_values, plain_index = nearest_codewords(queries, codebook, norms, fused=False)
-    brute = torch.cdist(queries, codebook).argmin(1)
-    assert torch.equal(fused_index, brute) and torch.equal(plain_index, brute)
-    assert torch.allclose(fused_values, plain_values, atol=1e-5)
-    assert torch.allclose(fused_values, (codebook[brute] - queries).pow(2).sum(1) - queries.pow(2).sum(1), atol=1e-4)
+    gen = torch.Generator().manual_seed(n + k + g)
+    queries, codebook = torch.randn(n, g, generator=gen), torch.randn(k, g, generator=gen)
+    values, index = nearest_codewords(queries, codebook, (codebook * codebook).sum(1))
+    assert index.dtype == torch.int64 and torch.equal(index, torch.cdist(queries, codebook).argmin(1))
+    assert torch.allclose(values, (codebook[index] - queries).pow(2).sum(1) - queries.pow(2).sum(1), atol=1e-4)
+    # any per-codeword term: c^T H c, as AQLM's code search passes
+    h = torch.eye(g) + 0.1
+    chc = ((codebook @ h) * codebook).sum(1)
+    scores = chc[None, :] - 2 * queries @ codebook.T
+    values, index = nearest_codewords(queries, codebook, chc)
+    assert torch.equal(index, scores.argmin(1)) and torch.allclose(values, scores.min(1).values, atol=1e-4)
+
+
+def test_nearest_codewords_refuse_mismatched_shapes_and_name_a_missing_compiler(tmp_path, monkeypatch):
+    from lowbit_gguf import nearest
+    from lowbit_gguf.errors import LowbitError
+
+    with pytest.raises(ValueError, match="do not match"):
+        nearest.nearest_codewords(torch.zeros(4, 8), torch.zeros(16, 4), torch.zeros(16))
+    monkeypatch.setattr(nearest, "_library", None)
+    monkeypatch.setenv("LOWBIT_GGUF_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(LowbitError, match="need a C compiler"):
+        nearest.nearest_codewords(torch.zeros(4, 8), torch.zeros(16, 8), torch.zeros(16))
+    assert not list(tmp_path.rglob("*.so"))
 
 
 def test_kmeans_stops_at_its_fixed_point_and_keeps_every_point_when_codewords_suffice():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
+from lowbit_gguf.nearest import nearest_codewords
 
 
 @dataclass(frozen=True)
@@ -74,46 +75,6 @@ def decode(payload: dict[str, torch.Tensor], config: AQLMConfig) -> torch.Tensor
     d_out, n_groups, n_cb = codes.shape
     groups = sum(codebooks[m][codes[..., m]] for m in range(n_cb))  # [d_out, n_groups, g]
     return scales[:, None] * groups.reshape(d_out, n_groups * config.group_size)
-
-
-def _min_score_eager(queries: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor):
-    return torch.addmm(norms, queries, codebook.T, alpha=-2).min(1)
-
-
-def _min_score_fused(queries: torch.Tensor, codebook_t: torch.Tensor, norms: torch.Tensor):
-    # one term per coordinate over [g, K] rows of the codebook: inductor then fuses the sum and the min into
-    # one vectorised loop over codewords instead of writing a [rows, K] score matrix
-    score = norms[None, :]
-    for d in range(codebook_t.shape[0]):
-        score = score - 2 * queries[:, d : d + 1] * codebook_t[d][None, :]
-    return score.min(1)
-
-
-_FUSED_MIN_SCORE = {}  # the compiled kernel, built at first use (a few seconds) and only for large codebooks
-FUSED_FROM = 4096  # codebook size from which the fused kernel is worth its compilation
-
-
-def nearest_codewords(queries: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor,
-                      fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row q of queries [n, g]: min over codewords c [K, g] of norms[c] - 2 q.c, and its index.
-
-    With norms = |c|^2 this is the nearest codeword (k-means); with norms = c^T H c and q = -b / s it is
-    the best single codeword of the beam search. Rows go in chunks so scores stay small; with 1x16's 65,536
-    codewords (fused, the default from FUSED_FROM entries) a compiled kernel never writes them at all."""
-    k = codebook.shape[0]
-    fused = k >= FUSED_FROM if fused is None else fused
-    if fused:
-        if "kernel" not in _FUSED_MIN_SCORE:
-            _FUSED_MIN_SCORE["kernel"] = torch.compile(_min_score_fused, dynamic=True)
-        kernel, table, chunk = _FUSED_MIN_SCORE["kernel"], codebook.T.contiguous(), 4096
-    else:
-        kernel, table, chunk = _min_score_eager, codebook, max(1, 2**22 // k)
-    values, indices = [], []
-    for start in range(0, queries.shape[0], chunk):
-        v, i = kernel(queries[start : start + chunk].contiguous(), table, norms)
-        values.append(v)
-        indices.append(i)
-    return torch.cat(values), torch.cat(indices)
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
