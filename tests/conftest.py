@@ -96,6 +96,13 @@ def cpu_has(*flags: str) -> bool:
     return cpuinfo.exists() and all(f" {flag}" in cpuinfo.read_text() for flag in flags)
 
 
+# Where the CPU has AVX-512 BF16, prompts (8 tokens and more, through sgemm) run in bf16: rows and tokens keep 8
+# significant bits, so each product, and so the dot product, is within 2^-8 of |x| . |w| (the "tables" path pins
+# the f32 sgemm).
+BF16_PROMPTS = cpu_has("avx512_bf16")
+BF16_BOUND = 2.0**-8
+
+
 def random_aqlm_payload(config_text, d_out=24, d_in=64, seed=0):
     """(spec, config, payload) of an AQLM weight with random codes, codebooks and scales."""
     from lowbit_gguf.methods import get_method

@@ -73,9 +73,9 @@ GGML_API void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * code
                                           int64_t n_per_row, int64_t row0, int64_t n_rows,
                                           const void * const * sides, float * out);
 
-// CPU decode path for a few tokens: the fastest this build has (AVX-512 for PTQ1.61, AVX2 for AQLM, where
-// compiled in), or the portable look-up tables. Process-wide; the tests pin the tables to check both on one
-// machine.
+// CPU kernels: the fastest this build has (for a few tokens AVX-512 for PTQ1.61, AVX2 for AQLM; prompts in bf16
+// with AVX-512 BF16; where compiled in), or the portable ones (look-up tables, f32 sgemm). Process-wide; the tests
+// pin the portable ones to check both on one machine.
 enum ggml_lowbit_cpu_path {
     GGML_LOWBIT_CPU_FASTEST = 0,
     GGML_LOWBIT_CPU_TABLES  = 1,
