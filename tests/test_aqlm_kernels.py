@@ -25,8 +25,9 @@ def test_c_reference_decode_equals_python_bit_for_bit(config_text, runtime_build
                                   spec.decode(payload, config).numpy())
 
 
-# 1, 2 and 3 tokens take the small-batch path for 8-bit codes (AVX2 codeword sums where built, tokens in pairs
-# then one; "tables" pins the look-up tables), 17 the tile path; 2 threads split rows (37: 4-row groups and a rest)
+# 1, 2 and 3 tokens take the small-batch path (AVX2 codeword sums where built, tokens in pairs then one; "tables"
+# pins the look-up tables for 8-bit codes, the tiles for 16-bit ones), 17 the tile path; 2 threads split rows (37:
+# 4-row groups and a rest)
 @pytest.mark.parametrize("config_text", CONFIGS)
 @pytest.mark.parametrize("n_tokens", [1, 2, 3, 17])
 @pytest.mark.parametrize("n_threads", [1, 2])
@@ -43,11 +44,13 @@ def test_mul_mat_matches_python_decode(config_text, n_tokens, n_threads, path, r
 
 
 @pytest.mark.skipif(not cpu_has("avx2", "f16c", "fma"), reason="the codeword-sum kernel needs AVX2, F16C and FMA")
-def test_avx2_machines_take_the_codeword_sum_kernel(runtime_build):
-    """The native build of an AVX2 machine sums codewords for a few tokens instead of building tables."""
+@pytest.mark.parametrize("config_text", ["2x8", "1x16"])
+def test_avx2_machines_take_the_codeword_sum_kernel(config_text, runtime_build):
+    """The native build of an AVX2 machine sums codewords for a few tokens instead of building tables (8-bit
+    codes) or decoding tiles (16-bit codes, which "tables" pins)."""
     from lowbit_gguf.runtime import lowbit_mul_mat
 
-    spec, config, payload = random_aqlm_payload("2x8", d_out=64, d_in=576)
+    spec, config, payload = random_aqlm_payload(config_text, d_out=64, d_in=576)
     x = np.random.default_rng(2).standard_normal((1, 576)).astype(np.float32)
     fastest, tables = (lowbit_mul_mat(spec.pack(payload, config), x, path=p) for p in ("fastest", "tables"))
     assert not np.array_equal(fastest, tables)  # another summation order: close, not the same bits

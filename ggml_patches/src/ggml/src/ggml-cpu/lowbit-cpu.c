@@ -12,8 +12,9 @@
 //    rounded to int16 (one step for the salient inputs, one for the others: 15 bits, finer than the 8 of
 //    ggml's own Q8 activations), each 32 sign bits select 32 inputs that one int16 dot product sums, each 32
 //    salient codes are one int16 dot product. With AVX2, AQLM needs no tables either: a group's codewords
-//    are summed from f32 codebooks kept in L1 and multiply-added with the tokens (ggml_lowbit_set_cpu_path
-//    pins the tables, for the tests and the benchmarks).
+//    are summed from f32 codebooks kept in L1 (from the f16 codebook as stored with 16-bit codes, which take
+//    the tiles without AVX2) and multiply-added with the tokens (ggml_lowbit_set_cpu_path pins the tables or
+//    the tiles, for the tests and the benchmarks).
 //  - register tables (AQLM with 8-bit codes in a CPU_LOWBIT buffer, codes transposed at load, AVX-512 BW, DQ and
 //    BF16): the tables built with bf16 dot products, rounded to int16, each held in 8 zmm registers and looked up
 //    for 32 rows at once with vpermi2w.
@@ -551,13 +552,16 @@ static void aqlm_mul_mat_lut(const struct ggml_compute_params * params, struct g
 }
 
 #ifdef LOWBIT_AVX2
-// AQLM with 8-bit codes, a few tokens, no tables: each group's M codewords (f32, this thread's copy of the
-// codebooks: 8 KiB each, they stay in L1) are summed into the group's 8 weights, which multiply-add with NT
-// tokens; NR rows at a time so NR x NT accumulators hide the FMA latency. A table per token would cost
-// 256 x 8 multiply-adds per group and codebook: more than the matmul itself unless a layer has thousands of rows.
-// NR, NT and M are constants at each call, so the loops unroll and the accumulators live in registers.
+// AQLM, a few tokens, no tables: each group's M codewords are summed into the group's 8 weights, which
+// multiply-add with NT tokens; NR rows at a time so NR x NT accumulators hide the FMA latency. 8-bit codes read
+// f32 codewords from this thread's copy of the codebooks (8 KiB each, they stay in L1); a table per token would
+// cost 256 x 8 multiply-adds per group and codebook, more than the matmul itself unless a layer has thousands of
+// rows. 16-bit codes (WIDE) read the f16 codebook as stored (1 MiB: no copy, no tables), one load and one
+// conversion per codeword. NR, NT, M and WIDE are constants at each call, so the loops unroll and the accumulators
+// live in registers.
 static inline __attribute__((always_inline)) void aqlm_direct_rows(const uint8_t * const * rows, const int M,
-                                                                   int64_t n_blocks, const float * cb,
+                                                                   const int WIDE, int64_t n_blocks,
+                                                                   const float * cb, const ggml_fp16_t * cb16,
                                                                    const float * const * xs, const int NR,
                                                                    const int NT, float * sums) {
     __m256 acc[4][2];
@@ -576,11 +580,22 @@ static inline __attribute__((always_inline)) void aqlm_direct_rows(const uint8_t
         }
 #pragma GCC unroll 8
         for (int i = 0; i < NR; ++i) {
-            const uint8_t * code = rows[i] + b * M;
-            __m256          w    = _mm256_load_ps(cb + (size_t) code[0] * 8);
+            __m256 w;
+            if (WIDE) {
+                const uint16_t * code = (const uint16_t *) rows[i] + b * M;  // little-endian, as x86 reads it
+                w = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (cb16 + (size_t) code[0] * 8)));
 #pragma GCC unroll 4
-            for (int m = 1; m < M; ++m) {
-                w = _mm256_add_ps(w, _mm256_load_ps(cb + ((size_t) m * 256 + code[m]) * 8));
+                for (int m = 1; m < M; ++m) {
+                    const __m128i h = _mm_loadu_si128((const __m128i *) (cb16 + ((size_t) m * 65536 + code[m]) * 8));
+                    w               = _mm256_add_ps(w, _mm256_cvtph_ps(h));
+                }
+            } else {
+                const uint8_t * code = rows[i] + b * M;
+                w                    = _mm256_load_ps(cb + (size_t) code[0] * 8);
+#pragma GCC unroll 4
+                for (int m = 1; m < M; ++m) {
+                    w = _mm256_add_ps(w, _mm256_load_ps(cb + ((size_t) m * 256 + code[m]) * 8));
+                }
             }
 #pragma GCC unroll 2
             for (int t = 0; t < NT; ++t) {
@@ -599,22 +614,25 @@ static inline __attribute__((always_inline)) void aqlm_direct_rows(const uint8_t
     }
 }
 
-// the codebook count as a constant where it is 2 or 1 (2x8, 1x8), so its loop unrolls too
-static inline __attribute__((always_inline)) void aqlm_direct_rows_m(const uint8_t * const * rows, int M,
+// the code width and the codebook count as constants where they are 1x16, 2x8 or 1x8, so the loops unroll too
+static inline __attribute__((always_inline)) void aqlm_direct_rows_m(const uint8_t * const * rows, int M, bool wide,
                                                                      int64_t n_blocks, const float * cb,
+                                                                     const ggml_fp16_t * cb16,
                                                                      const float * const * xs, const int NR,
                                                                      const int NT, float * sums) {
-    if (M == 2) {
-        aqlm_direct_rows(rows, 2, n_blocks, cb, xs, NR, NT, sums);
+    if (wide) {
+        aqlm_direct_rows(rows, M == 1 ? 1 : M, 1, n_blocks, cb, cb16, xs, NR, NT, sums);
+    } else if (M == 2) {
+        aqlm_direct_rows(rows, 2, 0, n_blocks, cb, cb16, xs, NR, NT, sums);
     } else if (M == 1) {
-        aqlm_direct_rows(rows, 1, n_blocks, cb, xs, NR, NT, sums);
+        aqlm_direct_rows(rows, 1, 0, n_blocks, cb, cb16, xs, NR, NT, sums);
     } else {
-        aqlm_direct_rows(rows, M, n_blocks, cb, xs, NR, NT, sums);
+        aqlm_direct_rows(rows, M, 0, n_blocks, cb, cb16, xs, NR, NT, sums);
     }
 }
 
 // tokens in pairs (2 rows at a time), then a single one (4 rows); a last group short of rows repeats its last
-// row and drops the extra sums. Each thread converts its own copy of the codebooks (no barrier).
+// row and drops the extra sums. With 8-bit codes each thread converts its own copy of the codebooks (no barrier).
 static void aqlm_mul_mat_direct(const struct ggml_compute_params * params, struct ggml_tensor * dst,
                                 const struct ggml_lowbit_type_info * info, const void * const * sides, float * work) {
     const struct ggml_tensor * w         = dst->src[0];
@@ -623,14 +641,17 @@ static void aqlm_mul_mat_direct(const struct ggml_compute_params * params, struc
     const int64_t              n_tokens  = n_tokens_of(dst);
     const ggml_fp16_t *        codebook  = (const ggml_fp16_t *) sides[0];
     const ggml_fp16_t *        row_scale = (const ggml_fp16_t *) sides[1];
-    float *                    cb        = work + params->ith * align_floats(M * 256 * 8);
+    const bool                 wide      = info->code_bits == 16;
+    float *                    cb        = wide ? NULL : work + params->ith * align_floats(M * 256 * 8);
 
     int64_t r_begin, r_end;
     thread_rows(params, w->ne[1], &r_begin, &r_end);
     if (r_begin == r_end) {
         return;
     }
-    ggml_cpu_fp16_to_fp32(codebook, cb, M * 256 * 8);
+    if (!wide) {
+        ggml_cpu_fp16_to_fp32(codebook, cb, M * 256 * 8);
+    }
     for (int64_t t0 = 0; t0 < n_tokens; t0 += 2) {
         const int     nt    = n_tokens - t0 >= 2 ? 2 : 1;
         const int     group = nt == 2 ? 2 : 4;
@@ -644,9 +665,9 @@ static void aqlm_mul_mat_direct(const struct ggml_compute_params * params, struc
             }
             float sums[8];
             if (group == 2) {
-                aqlm_direct_rows_m(rows, M, n_blocks, cb, xs, 2, 2, sums);
+                aqlm_direct_rows_m(rows, M, wide, n_blocks, cb, codebook, xs, 2, 2, sums);
             } else {
-                aqlm_direct_rows_m(rows, M, n_blocks, cb, xs, 4, 1, sums);
+                aqlm_direct_rows_m(rows, M, wide, n_blocks, cb, codebook, xs, 4, 1, sums);
             }
             for (int t = 0; t < nt; ++t) {
                 for (int i = 0; i < nr; ++i) {
@@ -1175,6 +1196,14 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
     GGML_ASSERT(params->wsize >= ggml_lowbit_cpu_work_size(dst, params->nth));
     uint8_t * codes_scratch = (uint8_t *) (work + path_floats(dst, params->nth) +
                                            params->ith * scratch_floats_per_thread(w));
+#ifdef LOWBIT_AVX2
+    // AQLM with 16-bit codes (1x16), a few tokens: no tables (2^16 entries per group); the codeword sums
+    if (info->method == GGML_LOWBIT_METHOD_AQLM && info->code_bits == 16 && info->block_size == 8 &&
+        !params->use_ref && n_tokens_of(dst) <= LUT_MAX_TOKENS && ggml_lowbit_get_cpu_path() == GGML_LOWBIT_CPU_FASTEST) {
+        aqlm_mul_mat_direct(params, dst, info, sides, work);
+        return;
+    }
+#endif
     if (takes_lut_path(info, n_tokens_of(dst), params->use_ref)) {
         if (info->method == GGML_LOWBIT_METHOD_PTQ161) {
 #ifdef LOWBIT_AVX512
