@@ -57,16 +57,29 @@ def _compiled_library():
     return _library
 
 
+def nearest_by_matmul(queries: torch.Tensor, codebook: torch.Tensor,
+                      norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """nearest_codewords through matmul scores, in row chunks of at most 2^24 scores: for tensors on a GPU, where
+    that is fast (the C kernel reads host memory)."""
+    chunk = max(1, 2**24 // codebook.shape[0])
+    parts = [torch.addmm(norms, queries[a : a + chunk], codebook.T, alpha=-2).min(1)
+             for a in range(0, queries.shape[0], chunk)]
+    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+
+
 def nearest_codewords(queries: torch.Tensor, codebook: torch.Tensor,
                       norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [n], indices [n]): for each row q of queries [n, g], min over rows c of codebook [K, g] of
-    norms[c] - 2 q.c and the first index reaching it. All finite float32 (others are converted)."""
-    ffi, lib = _compiled_library()
+    norms[c] - 2 q.c and the first index reaching it. All finite float32 (others are converted); on the
+    device of queries."""
     n, g = queries.shape
     k = codebook.shape[0]
     if codebook.shape[1] != g or norms.shape != (k,):
         raise ValueError(f"queries {tuple(queries.shape)}, codebook {tuple(codebook.shape)} and norms "
                          f"{tuple(norms.shape)} do not match")
+    if queries.device.type != "cpu":
+        return nearest_by_matmul(queries.float(), codebook.float(), norms.float())
+    ffi, lib = _compiled_library()
     queries = queries.detach().float().contiguous()
     table = codebook.detach().float().T.contiguous()  # [g, K]: the kernel's inner loop runs over codewords
     norms = norms.detach().float().contiguous()

@@ -103,7 +103,7 @@ def test_beam_search_finds_the_brute_force_optimum_for_one_group(nbits):
 @pytest.mark.parametrize("n, k, g", [(300, 5000, 8), (1, 65536, 8), (129, 1500, 4)])
 def test_nearest_codewords_match_brute_force(n, k, g):
     """The C kernel (blocks of 1024 codewords, rows over threads) against every distance computed in torch."""
-    from lowbit_gguf.nearest import nearest_codewords
+    from lowbit_gguf.nearest import nearest_by_matmul, nearest_codewords
 
     gen = torch.Generator().manual_seed(n + k + g)
     queries, codebook = torch.randn(n, g, generator=gen), torch.randn(k, g, generator=gen)
@@ -116,6 +116,9 @@ def test_nearest_codewords_match_brute_force(n, k, g):
     scores = chc[None, :] - 2 * queries @ codebook.T
     values, index = nearest_codewords(queries, codebook, chc)
     assert torch.equal(index, scores.argmin(1)) and torch.allclose(values, scores.min(1).values, atol=1e-4)
+    # the matmul form that GPU tensors take
+    gpu_values, gpu_index = nearest_by_matmul(queries, codebook, chc)
+    assert torch.equal(gpu_index, index) and torch.allclose(gpu_values, values, atol=1e-4)
 
 
 def test_nearest_codewords_refuse_mismatched_shapes_and_name_a_missing_compiler(tmp_path, monkeypatch):
