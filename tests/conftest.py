@@ -37,12 +37,22 @@ def default_f16_gguf(default_model_dir, tmp_path_factory):
 def tiny_aqlm(default_model_dir, tmp_path_factory):
     """(GGUF, decoded HF checkpoint) of a 2-block Llama with hidden 128 quantized with AQLM 2x8; its 512 MLP rows
     take the register-table kernel (codes transposed at load) where the runtime has it."""
+    return quantize_tiny_aqlm("2x8", default_model_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_aqlm_1x16(default_model_dir, tmp_path_factory):
+    """The same Llama in AQLM 1x16: 65,536 codewords per layer, more than its groups (16-bit codes, 1 MiB codebooks)."""
+    return quantize_tiny_aqlm("1x16", default_model_dir, tmp_path_factory)
+
+
+def quantize_tiny_aqlm(config_text, default_model_dir, tmp_path_factory):
     from lowbit_gguf.methods import get_method
     from lowbit_gguf.quantize import quantize_checkpoint
 
-    folder = tmp_path_factory.mktemp("tiny-aqlm")
+    folder = tmp_path_factory.mktemp(f"tiny-aqlm-{config_text}")
     make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128, intermediate=512)
-    config = replace(get_method("aqlm").parse_config("2x8"), max_rounds=1, adam_steps=5, kmeans_iters=4,
+    config = replace(get_method("aqlm").parse_config(config_text), max_rounds=1, adam_steps=5, kmeans_iters=4,
                      beam_size=1, finetune_epochs=1)
     report = quantize_checkpoint(folder / "float", "aqlm", config, folder / "aqlm.gguf", n_samples=4,
                                  seq_len=64, save_decoded=folder / "decoded", embedding_type="f16",

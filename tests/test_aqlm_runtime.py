@@ -30,6 +30,13 @@ def test_runtime_perplexity_matches_the_reference_decode(tiny_aqlm, default_mode
     check_perplexity(*tiny_aqlm, default_model_dir, "tiny AQLM 2x8")
 
 
+def test_1x16_file_runs_prompts_and_single_tokens(tiny_aqlm_1x16, runtime_build):
+    reader = gguf.GGUFReader(tiny_aqlm_1x16[0])
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == "AQLM_1X16" and types["blk.1.ffn_down.weight"] == "AQLM_1X16"
+    check_logits(*tiny_aqlm_1x16, token_by_token=4)
+
+
 def rewrite(source, out, edit):
     """Copy a GGUF, passing each (name, data, type) through edit (None drops the tensor)."""
     reader = gguf.GGUFReader(source)
