@@ -37,6 +37,21 @@ def test_1x16_file_runs_prompts_and_single_tokens(tiny_aqlm_1x16, runtime_build)
     check_logits(*tiny_aqlm_1x16, token_by_token=4)
 
 
+def test_bits_per_weight_count_side_tensors_as_bytes_not_weights(tiny_aqlm_1x16):
+    """1x16's codebooks (65,536 x 8 per layer) hold more numbers than this model's weights: counted as weights
+    they would halve the file's bits per weight."""
+    from safetensors.torch import load_file
+
+    from lowbit_gguf.gguf.inspect import read_summary
+
+    path, decoded = tiny_aqlm_1x16
+    summary = read_summary(path)
+    assert summary.n_parameters == sum(t.numel() for t in load_file(decoded / "model.safetensors").values())
+    tensor_bits = 8 * sum(t.n_bytes for t in summary.tensors)
+    assert summary.bits_per_weight() == pytest.approx(tensor_bits / summary.n_parameters)
+    assert summary.bits_per_weight(linear_only=True) > summary.bits_per_weight() > 16  # f16 embeddings, huge codebooks
+
+
 def rewrite(source, out, edit):
     """Copy a GGUF, passing each (name, data, type) through edit (None drops the tensor)."""
     reader = gguf.GGUFReader(source)

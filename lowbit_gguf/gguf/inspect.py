@@ -42,17 +42,17 @@ class GGUFSummary:
     file_bytes: int
 
     def bits_per_weight(self, linear_only: bool = False) -> float:
-        """Bits per weight over all tensors, or over the block linear weights with their side tensors'
-        bytes (codebooks, scales) counted."""
-        if not linear_only:
-            return 8.0 * sum(t.n_bytes for t in self.tensors) / sum(t.n_elements for t in self.tensors)
-        weights = [t for t in self.tensors if t.is_block_linear]
+        """Bits per weight over the model's weights, or over the block linear weights only. Side tensors
+        (codebooks, scales) count as bytes of their weight, not as weights: AQLM 1x16's codebooks hold more
+        numbers than SmolLM2's attention weights."""
         sides = [t for t in self.tensors if t.is_side_tensor]
+        weights = [t for t in self.tensors if not t.is_side_tensor and (t.is_block_linear or not linear_only)]
         return 8.0 * sum(t.n_bytes for t in weights + sides) / sum(t.n_elements for t in weights)
 
     @property
     def n_parameters(self) -> int:
-        return sum(t.n_elements for t in self.tensors)
+        """The model's weights: every tensor but the side tensors."""
+        return sum(t.n_elements for t in self.tensors if not t.is_side_tensor)
 
 
 def read_summary(path: str | Path) -> GGUFSummary:
