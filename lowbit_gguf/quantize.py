@@ -48,11 +48,12 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
         spec.preprocess(model, tokens, parsed, device, progress, checkpoint_dir / "preprocess")
     result = quantize_model(model, tokens, spec, parsed, device=device, checkpoint_dir=checkpoint_dir,
                             progress=progress)
+    # A resumed run's time includes the blocks that earlier runs finished (not their lost partial blocks).
     export_gguf(model, model_dir, result.layers, spec, parsed, out,
-                {"quantize_seconds": f"{time.time() - started:.1f}"}, save_decoded=save_decoded,
-                embedding_type=embedding_type, progress=progress)
+                {"quantize_seconds": f"{time.time() - started + result.resumed_seconds:.1f}"},
+                save_decoded=save_decoded, embedding_type=embedding_type, progress=progress)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return QuantizeReport(result, out, time.time() - started)
+    return QuantizeReport(result, out, time.time() - started + result.resumed_seconds)
 
 
 def export_gguf(model, model_dir: Path, layers: dict, spec, config, out: Path, metadata: dict[str, str], *,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -141,6 +142,7 @@ class QuantizationResult:
     method: str
     config: dict
     layers: dict[str, QuantizedLinear] = field(default_factory=dict)  # full module name -> result
+    resumed_seconds: float = 0.0  # wall time of the blocks that earlier, interrupted runs finished
 
     def bits_per_weight(self) -> float:
         n = sum(r.decoded.numel() for r in self.layers.values())
@@ -178,9 +180,10 @@ class Checkpoint:
         return n
 
     def save_block(self, i: int, layers: dict[str, QuantizedLinear], hidden: torch.Tensor,
-                   others: dict[str, torch.Tensor], float_hidden: torch.Tensor | None = None) -> None:
+                   others: dict[str, torch.Tensor], float_hidden: torch.Tensor | None = None,
+                   seconds: float = 0.0) -> None:
         saved = {name: {"payload": r.payload, "bpw": r.bits_per_weight} for name, r in layers.items()}
-        atomic_save({"linears": saved, "others": others}, self.block_path(i))
+        atomic_save({"linears": saved, "others": others, "seconds": seconds}, self.block_path(i))
         atomic_save({"after_block": i, "hidden": hidden.cpu(),
                      "float_hidden": None if float_hidden is None else float_hidden.cpu()},
                     self.folder / "hidden.pt")
@@ -240,6 +243,7 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
     bar = tqdm(total=len(blocks), initial=done, desc=f"quantizing ({method.name})", unit="block",
                disable=not progress)
     for i in range(done, len(blocks)):
+        block_started = time.time()
         block = blocks[i].to(device)
         linears = block_linears(block)
         statistics = (collect_input_statistics(block, hidden, kwargs, batch_size, method.input_statistic)
@@ -266,7 +270,8 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
         float_hidden = float_targets
         blocks[i] = block.to("cpu")
         if checkpoint:
-            checkpoint.save_block(i, block_results, hidden, other_parameters(block), float_hidden)
+            checkpoint.save_block(i, block_results, hidden, other_parameters(block), float_hidden,
+                                  time.time() - block_started)
         result.layers.update(block_results)
         bar.update(1)
     bar.close()
@@ -284,6 +289,7 @@ def _restore_block(block: nn.Module, prefix: str, saved: dict, method: MethodSpe
     params = dict(block.named_parameters())
     for name, value in saved["others"].items():
         params[name].data.copy_(value)
+    result.resumed_seconds += saved.get("seconds", 0.0)
     for name, linear in block_linears(block).items():
         entry = saved["linears"][f"{prefix}.{name}"]
         decoded = method.decode(entry["payload"], config)

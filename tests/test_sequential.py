@@ -96,6 +96,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     resumed = quantize_model(model, tokens, MethodSpec("rtn", spec.config_type, counting, spec.decode, ""),
                              config, checkpoint_dir=ckpt, progress=False)
     assert resumed_calls["n"] == 14  # blocks 1 and 2 only: block 0 came from the checkpoint
+    assert resumed.resumed_seconds == torch.load(ckpt / "block_000.pt", weights_only=True)["seconds"] > 0
     assert resumed.layers.keys() == full.layers.keys()
     for name in full.layers:
         assert torch.equal(resumed.layers[name].decoded, full.layers[name].decoded), name
