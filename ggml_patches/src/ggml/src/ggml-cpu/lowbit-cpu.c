@@ -614,14 +614,15 @@ static inline __attribute__((always_inline)) void aqlm_direct_rows(const uint8_t
     }
 }
 
-// the code width and the codebook count as constants where they are 1x16, 2x8 or 1x8, so the loops unroll too
+// the code width as a constant, and for 8-bit codes the codebook count where it is 2 or 1 (2x8, 1x8), so the
+// loops unroll too
 static inline __attribute__((always_inline)) void aqlm_direct_rows_m(const uint8_t * const * rows, int M, bool wide,
                                                                      int64_t n_blocks, const float * cb,
                                                                      const ggml_fp16_t * cb16,
                                                                      const float * const * xs, const int NR,
                                                                      const int NT, float * sums) {
     if (wide) {
-        aqlm_direct_rows(rows, M == 1 ? 1 : M, 1, n_blocks, cb, cb16, xs, NR, NT, sums);
+        aqlm_direct_rows(rows, M, 1, n_blocks, cb, cb16, xs, NR, NT, sums);
     } else if (M == 2) {
         aqlm_direct_rows(rows, 2, 0, n_blocks, cb, cb16, xs, NR, NT, sums);
     } else if (M == 1) {
