@@ -87,15 +87,19 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
         extra = centroids[torch.randint(0, n, (k - n,), generator=generator)]
         centroids = torch.cat([centroids, extra + 1e-3 * torch.randn(extra.shape, generator=generator)])
         return centroids, torch.empty(n, dtype=torch.long).index_put_((perm,), torch.arange(n))
+
+    def nearest(c: torch.Tensor) -> torch.Tensor:
+        return nearest_codewords(x, c, (c * c).sum(1))[1]
+
     assign = None
     for _ in range(iters):
-        previous, assign = assign, nearest_codewords(x, centroids, (centroids * centroids).sum(1))[1]
+        previous, assign = assign, nearest(centroids)
         if previous is not None and torch.equal(previous, assign):
             return centroids, assign
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k)[:, None]
         centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    return centroids, nearest_codewords(x, centroids, (centroids * centroids).sum(1))[1]
+    return centroids, nearest(centroids)
 
 
 def objective(error: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
@@ -111,6 +115,7 @@ def beam_search_codes(weight, hessian, codes, codebooks, scales, config, generat
     codes = codes.clone()
     approx = decode({"codes": codes, "codebooks": codebooks, "scales": scales}, config)
     err_h = (approx - weight) @ hessian  # [d_out, d_in], kept current as groups change
+    s_row = scales.where(scales != 0, torch.full_like(scales, 1e-30))  # one codebook: the query divides by it
     for j in torch.randperm(d_in // g, generator=generator).tolist():
         cols = slice(j * g, (j + 1) * g)
         h_jj = hessian[cols, cols]  # [g, g]
@@ -130,7 +135,6 @@ def beam_search_codes(weight, hessian, codes, codebooks, scales, config, generat
             cb = codebooks[m]  # [K, g]
             c_h_c = ((cb @ h_jj) * cb).sum(-1)  # [K]
             if n_cb == 1:  # one hypothesis: the best codeword is a nearest-codeword query (no [d_out, K] scores)
-                s_row = scales.where(scales != 0, torch.full_like(scales, 1e-30))
                 values, choice = nearest_codewords(-(grad + a_h[:, 0]) / s_row[:, None], cb, c_h_c)
                 hyp, best_score = choice[:, None, None], const[:, 0] + s_row * s_row * values
                 break
