@@ -10,8 +10,6 @@ bench.png, stamped with the upstream version, the patch hash and the machine.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 import shutil
 import subprocess
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lowbit_gguf.cache import machine_description
 from lowbit_gguf.errors import LowbitError
 
 UPSTREAM_TYPES = ("F16", "Q8_0", "Q4_K_M", "Q4_0", "Q2_K", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
@@ -77,18 +76,6 @@ def parse_float(pattern: str, text: str, what: str) -> float:
     if not m:
         raise LowbitError(f"could not find {what} in the tool's output")
     return float(m.group(1))
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def run_suite(out_dir: Path, settings: SuiteSettings = SuiteSettings(), model_dir: Path | None = None,

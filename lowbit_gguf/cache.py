@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,32 @@ def cache_root() -> Path:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowbit-gguf"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def machine_description() -> str:
+    """CPU model, core count and OS: what a native build and a benchmark depend on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def compile_shared_library(command: list[str], out: Path, error: str) -> None:
+    """Run a C compiler command (the output path is appended) into a partial file, then move it to out: a failed
+    or interrupted build never leaves a library that looks finished. A failure raises error with the compiler's
+    messages."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+    proc = subprocess.run([*command, "-o", str(partial)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise LowbitError(f"{error}:\n{proc.stderr}")
+    partial.replace(out)
 
 
 def sha256_file(path: Path) -> str:

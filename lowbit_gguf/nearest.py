@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from lowbit_gguf.errors import LowbitError
+from lowbit_gguf.cache import cache_root, compile_shared_library, machine_description
 
 SOURCE = Path(__file__).with_name("nearest.c")
 # the min over a block vectorises only when the compiler may ignore NaN and the sign of zero: inputs are finite
@@ -37,20 +36,12 @@ def _compiled_library():
     if _library is None:
         import cffi
 
-        from lowbit_gguf.bench_suite import machine_description
-        from lowbit_gguf.cache import cache_root
-
         key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + machine_description().encode())
         path = cache_root() / "kernels" / f"nearest-{key.hexdigest()[:16]}.so"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            proc = subprocess.run([os.environ.get("CC", "cc"), *FLAGS, str(SOURCE), "-o", str(partial)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise LowbitError(f"compiling the nearest-codeword kernel ({SOURCE}) failed; the quantizers need a "
-                                  f"C compiler (set CC to choose one):\n{proc.stderr[-2000:]}")
-            partial.replace(path)
+            compile_shared_library([os.environ.get("CC", "cc"), *FLAGS, str(SOURCE)], path,
+                                   f"compiling the nearest-codeword kernel ({SOURCE}) failed; the quantizers need a "
+                                   "C compiler (set CC to choose one)")
         ffi = cffi.FFI()
         ffi.cdef(DECLARATION)
         _library = (ffi, ffi.dlopen(str(path)))

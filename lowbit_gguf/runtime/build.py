@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lowbit_gguf.cache import PinnedPackage, cache_root
+from lowbit_gguf.cache import PinnedPackage, cache_root, compile_shared_library
 from lowbit_gguf.errors import LowbitError, RuntimeNotBuilt
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -317,15 +317,9 @@ def _cmake(root: Path, options: BuildOptions, jobs: int | None, progress: bool) 
 def _compile_shim(build: RuntimeBuild) -> None:
     """Compile cbindings/lowbit_api.c against the patched libllama into the build's lib/ folder."""
     src = build.source_dir
-    out = build.shim
-    out.parent.mkdir(exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     cmd = ["cc", "-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror",
            str(BINDINGS_DIR / "lowbit_api.c"), "-I", str(BINDINGS_DIR),
            "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
            "-L", str(build.bin_dir), "-lllama", "-lggml", "-lggml-cpu", "-lggml-base",
-           f"-Wl,-rpath,{build.bin_dir}", "-o", str(partial)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise LowbitError(f"compiling the C bindings failed:\n{proc.stderr}")
-    partial.replace(out)
+           f"-Wl,-rpath,{build.bin_dir}"]
+    compile_shared_library(cmd, build.shim, "compiling the C bindings failed")
