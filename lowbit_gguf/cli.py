@@ -131,8 +131,9 @@ def quantize(model_dir, method, config, output, calib_text, samples, seq_len, de
               help="Also keep the reference-decoded model as a Hugging Face checkpoint here.")
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
               help="Type of the token embeddings and output head.")
+@click.option("--device", default="cpu", show_default=True, help="Compute device for both models (e.g. cuda).")
 def finetune(gguf_file, model_dir, output, epochs, lr, batch, calib_text, samples, seq_len, checkpoint,
-             save_decoded, embedding_type):
+             save_decoded, embedding_type, device):
     """Fine-tune a quantized GGUF end to end against its float MODEL_DIR and write a new GGUF.
 
     Codebooks, scales and norms are trained, codes fixed, to match the float model's next-token
@@ -142,7 +143,7 @@ def finetune(gguf_file, model_dir, output, epochs, lr, batch, calib_text, sample
 
     report = finetune_gguf(gguf_file, model_dir, output, epochs=epochs, lr=lr, batch=batch, calib_text=calib_text,
                            n_samples=samples, seq_len=seq_len, checkpoint_dir=checkpoint,
-                           save_decoded=save_decoded, embedding_type=embedding_type)
+                           save_decoded=save_decoded, embedding_type=embedding_type, device=device)
     losses = report.losses
     tail = losses[-max(1, len(losses) // 8):]
     click.echo(f"wrote {report.gguf}: {report.steps} steps, KL {losses[0]:.4f} (first step) -> "

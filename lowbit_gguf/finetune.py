@@ -113,9 +113,11 @@ def load_norms(path: Path, reader: gguf.GGUFReader, model) -> None:
 def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, lr: float = 1e-4,
                   batch: int = 2, calib_text: str = "calibration", n_samples: int = 128, seq_len: int = 512,
                   checkpoint_dir: Path | None = None, save_decoded: Path | None = None,
-                  embedding_type: str = "q8_0", seed: int = 0, progress: bool = True) -> FinetuneReport:
+                  embedding_type: str = "q8_0", seed: int = 0, device: str = "cpu",
+                  progress: bool = True) -> FinetuneReport:
     """Fine-tune the quantized GGUF `source` end to end against the float model in model_dir and write the
-    result to out. An interrupted run resumes from checkpoint_dir (default: OUT.checkpoint)."""
+    result to out. Both models train on `device`. An interrupted run resumes from checkpoint_dir (default:
+    OUT.checkpoint), on any device."""
     from torch.func import functional_call
     from tqdm import tqdm
 
@@ -145,6 +147,10 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     quantized_in = reader.get_field("lowbit_gguf.quantize_seconds")
     del reader
 
+    teacher.to(device)
+    student.to(device)
+    for r in layers.values():
+        r.payload = {k: v.to(device) for k, v in r.payload.items()}
     for p in list(teacher.parameters()) + list(student.parameters()):
         p.requires_grad_(False)
     norms = {name: p for name, p in student.named_parameters() if "norm" in name}
@@ -155,7 +161,7 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
                                 "seed": seed, "calibration": tokens_fingerprint(tokens)})
     state_path = checkpoint_dir / "finetune.pt"
     losses, start = [], 0
-    state = torch.load(state_path, weights_only=True) if state_path.exists() else None
+    state = torch.load(state_path, weights_only=True, map_location=device) if state_path.exists() else None
     if state is not None:
         trainable, losses, start = state["trainable"], state["losses"], state["step"]
         with torch.no_grad():
@@ -174,8 +180,8 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     student.train()
     for step in bar:
         epoch, k = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed + epoch))
-        ids = tokens[order[k * batch:(k + 1) * batch]]
+        order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed + epoch), device="cpu")
+        ids = tokens[order[k * batch:(k + 1) * batch]].to(device)
         with torch.no_grad():
             target = torch.log_softmax(teacher(ids, use_cache=False).logits.float(), dim=-1)
         weights = {f"{module}.weight": spec.decode({**layers[module].payload, **t}, config)
@@ -189,16 +195,15 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
         bar.set_postfix(kl=f"{losses[-1]:.4f}")
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < total:
             atomic_save({"step": step + 1, "losses": losses, "optimizer": opt.state_dict(),
-                         "trainable": {m: {k: v.detach() for k, v in t.items()} for m, t in trainable.items()},
-                         "norms": {n: p.detach().clone() for n, p in norms.items()}}, state_path)
+                         "trainable": {m: {k: v.detach().cpu() for k, v in t.items()} for m, t in trainable.items()},
+                         "norms": {n: p.detach().cpu() for n, p in norms.items()}}, state_path)
     bar.close()
 
-    student.eval()
+    student.eval().to("cpu")
     with torch.no_grad():
         linears = dict(student.named_modules())
         for module, r in layers.items():
-            for k, value in trainable[module].items():
-                r.payload[k] = value.detach().to(r.payload[k].dtype)
+            r.payload = {k: trainable[module].get(k, v).detach().to("cpu", v.dtype) for k, v in r.payload.items()}
             r.decoded = spec.decode(r.payload, config)
             linears[module].weight.copy_(r.decoded.to(linears[module].weight.dtype))
     metadata = {} if quantized_in is None else {"quantize_seconds": quantized_in.contents()}

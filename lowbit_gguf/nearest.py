@@ -74,7 +74,7 @@ def nearest_codewords(queries: torch.Tensor, codebook: torch.Tensor,
     queries = queries.detach().float().contiguous()
     table = codebook.detach().float().T.contiguous()  # [g, K]: the kernel's inner loop runs over codewords
     norms = norms.detach().float().contiguous()
-    values, indices = torch.empty(n), torch.empty(n, dtype=torch.int64)
+    values, indices = torch.empty(n, device="cpu"), torch.empty(n, dtype=torch.int64, device="cpu")
 
     def pointer(t: torch.Tensor, row: int, kind: str):
         return ffi.cast(kind, t.data_ptr() + row * t.stride(0) * t.element_size())

@@ -266,6 +266,7 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
             for name, linear in linears.items():
                 linear.weight.data.copy_(local[name].decoded.to(linear.weight.dtype))
             del targets
+        block_results = {name: q.cpu() for name, q in block_results.items()}
         hidden = _run_block(block, hidden, kwargs, batch_size)
         float_hidden = float_targets
         blocks[i] = block.to("cpu")

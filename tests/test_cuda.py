@@ -1,4 +1,5 @@
-"""The CUDA build on a GPU: the same tiny models (F32, AQLM, PTQ1.61) give the same logits as on the CPU.
+"""The CUDA build on a GPU: the same tiny models (F32, AQLM, PTQ1.61) give the same logits as on the CPU; and
+`quantize` / `finetune --device cuda` reach what they reach on the CPU.
 
 Skips where there is no GPU. The CUDA library runs in a child process: both builds' libllama share the
 soname libllama.so.0, so one process can hold only one of them."""
@@ -10,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_tiny_llama
 
@@ -36,7 +38,7 @@ def test_cuda_logits_match_cpu(runtime_build, default_model_dir, tmp_path):
 
 
 @pytest.mark.skipif(not gpu_present(), reason="no CUDA GPU on this machine")
-@pytest.mark.parametrize("fixture", ["tiny_aqlm", "tiny_ptq161"])
+@pytest.mark.parametrize("fixture", ["tiny_aqlm", "tiny_aqlm_1x16", "tiny_ptq161"])
 def test_cuda_lowbit_weights_match_cpu(fixture, request, tmp_path):
     """Lowbit weights on the GPU: a 40-token prompt (decode + cuBLAS) and one more token (GEMV)."""
     from lowbit_gguf.runtime.build import BuildOptions, build_runtime
@@ -45,6 +47,41 @@ def test_cuda_lowbit_weights_match_cpu(fixture, request, tmp_path):
     cpu, gpu = cpu_and_gpu_logits(request.getfixturevalue(fixture)[0], tmp_path)
     for c, g in zip(cpu, gpu):
         np.testing.assert_allclose(g, c, atol=2e-3 * np.abs(c).max(), rtol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="this torch has no CUDA GPU")
+@pytest.mark.parametrize("key", ["aqlm", "aqlm-1x8", "ptq161"])
+def test_quantization_on_the_gpu_matches_the_cpu(key, tmp_path):
+    """`quantize --device cuda`: the same tiny model quantized on the GPU and on the CPU (random draws come from the
+    same CPU generator; the arithmetic differs in rounding, so codes may differ) reaches the same weight error."""
+    from test_sequential import tiny_config
+
+    from lowbit_gguf.sequential import quantize_model
+
+    tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    spec, config = tiny_config(key)
+    errors = {}
+    for device in ("cpu", "cuda"):
+        model = make_tiny_llama(tmp_path / device, layers=1)
+        weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+        result = quantize_model(model, tokens, spec, config, device=device, progress=False)
+        assert all(t.device.type == "cpu" for q in result.layers.values() for t in q.payload.values())
+        errors[device] = {n: ((q.decoded - weights[f"{n}.weight"]).norm() / weights[f"{n}.weight"].norm()).item()
+                          for n, q in result.layers.items()}
+    for name, cpu_error in errors["cpu"].items():
+        assert errors["cuda"][name] <= 1.2 * cpu_error + 1e-3, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="this torch has no CUDA GPU")
+def test_finetuning_on_the_gpu_matches_the_cpu(tiny_aqlm, tmp_path):
+    """`finetune --device cuda` trains as the CPU does (same batches, float rounding aside)."""
+    from test_finetune import TUNING, float_dir
+
+    from lowbit_gguf.finetune import finetune_gguf
+
+    losses = {device: finetune_gguf(tiny_aqlm[0], float_dir(tiny_aqlm), tmp_path / f"{device}.gguf", device=device,
+                                    **TUNING).losses for device in ("cpu", "cuda")}
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-2)
 
 
 def cpu_and_gpu_logits(path, tmp_path):

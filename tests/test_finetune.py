@@ -137,6 +137,32 @@ def test_interrupted_finetuning_resumes_to_the_same_file(tiny_aqlm, tuned, tmp_p
     assert not (tmp_path / "tuned.gguf.checkpoint").exists()
 
 
+def test_finetuning_creates_no_tensor_on_an_implicit_device(tiny_aqlm, tuned, tmp_path, monkeypatch):
+    """What `finetune --device cuda` needs, checked without a GPU (as in test_sequential): torch's default device
+    is 'meta' from the moment both models are loaded until the file is written, so a tensor the training creates
+    without naming a device fails the first operation that meets it. The training is the same."""
+    import lowbit_gguf.finetune as ft
+    import lowbit_gguf.quantize
+
+    real_load_norms, real_export = ft.load_norms, lowbit_gguf.quantize.export_gguf
+
+    def load_norms(*args):
+        real_load_norms(*args)
+        torch.set_default_device("meta")
+
+    def export_gguf(*args, **kwargs):
+        torch.set_default_device(None)
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "load_norms", load_norms)
+    monkeypatch.setattr(lowbit_gguf.quantize, "export_gguf", export_gguf)
+    try:
+        report = ft.finetune_gguf(tiny_aqlm[0], float_dir(tiny_aqlm), tmp_path / "tuned.gguf", **TUNING)
+    finally:
+        torch.set_default_device(None)
+    assert report.losses == pytest.approx(tuned[0].losses, rel=1e-3)
+
+
 def test_files_it_cannot_tune_are_refused(tiny_aqlm, tiny_ptq161, default_f16_gguf, default_model_dir, tmp_path):
     from lowbit_gguf.finetune import finetune_gguf
 

@@ -169,3 +169,37 @@ def test_resume_restores_parameters_changed_by_block_finetuning(tmp_path):
     resumed = make_tiny_llama(tmp_path / "c", layers=3)
     quantize_model(resumed, tokens, spec, config, checkpoint_dir=ckpt, progress=False)
     torch.testing.assert_close(resumed(tokens).logits, full_model(tokens).logits)
+
+
+TINY_CONFIGS = {"rtn": "w4g32", "aqlm": "2x8", "aqlm-1x8": "1x8", "ptq161": "s20"}
+
+
+def tiny_config(key: str):
+    """A method's config, cut to seconds on the tiny llama (fine-tuning kept, one round of each stage)."""
+    from dataclasses import replace
+
+    spec = get_method(key.split("-")[0])
+    config = spec.parse_config(TINY_CONFIGS[key])
+    if spec.name == "aqlm":
+        config = replace(config, max_rounds=1, adam_steps=3, kmeans_iters=3, finetune_epochs=1)
+    if spec.name == "ptq161":
+        config = replace(config, epochs=1)
+    return spec, config
+
+
+@pytest.mark.parametrize("key", list(TINY_CONFIGS))
+def test_quantization_creates_no_tensor_on_an_implicit_device(key, tmp_path):
+    """What `--device cuda` needs, checked without a GPU: with torch's default device set to 'meta', a tensor
+    that the quantizer creates without naming a device lands there and the first operation mixing it with the
+    model's real tensors fails. The results come back in host memory, for checkpoints and the GGUF writer."""
+    model = make_tiny_llama(tmp_path / "tiny", layers=1)  # hidden 64: 512 groups of 8, more than 2^8 codewords
+    tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    spec, config = tiny_config(key)
+    torch.set_default_device("meta")
+    try:
+        result = quantize_model(model, tokens, spec, config, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    finally:
+        torch.set_default_device(None)
+    for q in result.layers.values():
+        assert q.decoded.device.type == "cpu" and all(t.device.type == "cpu" for t in q.payload.values())
+        torch.testing.assert_close(q.decoded, spec.decode(q.payload, config))

@@ -25,6 +25,10 @@ class QuantizedLinear:
     decoded: torch.Tensor  # [d_out, d_in] float32, equal to decode(payload, config)
     bits_per_weight: float  # everything the payload stores, per weight
 
+    def cpu(self) -> "QuantizedLinear":
+        """The same result in host memory, where checkpoints and the GGUF writer read it."""
+        return QuantizedLinear({k: v.cpu() for k, v in self.payload.items()}, self.decoded.cpu(), self.bits_per_weight)
+
 
 @dataclass(frozen=True)
 class MethodSpec:

@@ -81,12 +81,14 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     """Plain k-means on rows of x [n, g]: (centroids [k, g], assignment [n]). Stops early at a fixed point
     (an unchanged assignment gives unchanged centroids)."""
     n = x.shape[0]
-    perm = torch.randperm(n, generator=generator)
+    # random draws come from the (CPU) generator, so a GPU run starts where a CPU run does
+    perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
     centroids = x[perm[:k]].clone()
     if n <= k:  # every point is a codeword; pad with jittered copies
-        extra = centroids[torch.randint(0, n, (k - n,), generator=generator)]
-        centroids = torch.cat([centroids, extra + 1e-3 * torch.randn(extra.shape, generator=generator)])
-        return centroids, torch.empty(n, dtype=torch.long).index_put_((perm,), torch.arange(n))
+        extra = centroids[torch.randint(0, n, (k - n,), generator=generator, device=generator.device).to(x.device)]
+        noise = torch.randn(extra.shape, generator=generator, device=generator.device).to(x.device)
+        assign = torch.empty(n, dtype=torch.long, device=x.device).index_put_((perm,), torch.arange(n, device=x.device))
+        return torch.cat([centroids, extra + 1e-3 * noise]), assign
 
     def nearest(c: torch.Tensor) -> torch.Tensor:
         return nearest_codewords(x, c, (c * c).sum(1))[1]
@@ -116,7 +118,7 @@ def beam_search_codes(weight, hessian, codes, codebooks, scales, config, generat
     approx = decode({"codes": codes, "codebooks": codebooks, "scales": scales}, config)
     err_h = (approx - weight) @ hessian  # [d_out, d_in], kept current as groups change
     s_row = scales.where(scales != 0, torch.full_like(scales, 1e-30))  # one codebook: the query divides by it
-    for j in torch.randperm(d_in // g, generator=generator).tolist():
+    for j in torch.randperm(d_in // g, generator=generator, device=generator.device).tolist():
         cols = slice(j * g, (j + 1) * g)
         h_jj = hessian[cols, cols]  # [g, g]
         grad = err_h[:, cols]  # [d_out, g]: (E H) restricted to this group
@@ -126,7 +128,7 @@ def beam_search_codes(weight, hessian, codes, codebooks, scales, config, generat
         s = scales[:, None, None]  # [d_out, 1, 1]
         for m in range(n_cb):
             others = sum((codebooks[mm][hyp[..., mm]] for mm in range(n_cb) if mm != m),
-                         torch.zeros(d_out, hyp.shape[1], g))  # [d_out, beam, g]
+                         weight.new_zeros(d_out, hyp.shape[1], g))  # [d_out, beam, g]
             # change of the group for codeword c: delta = a + s c with a = s (others - old); its cost
             # 2 delta.grad + delta^T H_jj delta, expanded so the codebook enters only through matmuls
             a = s * (others - old[:, None, :])
@@ -178,12 +180,12 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: AQLMConfig) ->
     gen = torch.Generator().manual_seed(config.seed)
     w = weight.detach().float()
     h = hessian.detach().float()
-    h = h + 1e-6 * h.diagonal().mean() * torch.eye(d_in)  # dead inputs must not make the objective flat
+    h = h + 1e-6 * h.diagonal().mean() * torch.eye(d_in, device=h.device)  # dead inputs must not make the objective flat
 
     scales = w.norm(dim=1).clamp_min(1e-8)  # [d_out]
     residual = (w / scales[:, None]).reshape(-1, g)  # [d_out * n_groups, g]
-    codebooks = torch.empty(n_cb, k, g)
-    codes = torch.empty(d_out * (d_in // g), n_cb, dtype=torch.long)
+    codebooks = w.new_empty(n_cb, k, g)
+    codes = torch.empty(d_out * (d_in // g), n_cb, dtype=torch.long, device=w.device)
     for m in range(n_cb):  # residual k-means
         codebooks[m], codes[:, m] = kmeans(residual, k, config.kmeans_iters, gen)
         residual = residual - codebooks[m][codes[:, m]]
@@ -236,7 +238,7 @@ def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Ten
     with torch.enable_grad():
         for _ in range(config.finetune_epochs):
             starts = list(range(0, n_seq, config.finetune_batch))
-            for start in (starts[k] for k in torch.randperm(len(starts), generator=gen).tolist()):
+            for start in (starts[k] for k in torch.randperm(len(starts), generator=gen, device=gen.device).tolist()):
                 stop = min(start + config.finetune_batch, n_seq)
                 weights = {f"{name}.weight": decode({"codes": results[name].payload["codes"], **t}, config)
                            for name, t in trainable.items()}

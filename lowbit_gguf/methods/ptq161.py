@@ -85,7 +85,7 @@ def assemble(mask, salient_codes, signs, a, m, scale, lo, col) -> torch.Tensor:
     d_out = signs.shape[0]
     binary = col[None, :] * (a[:, None] * (2 * signs.float() - 1) + m[:, None])
     salient = scale[:, None] * salient_codes.float() + lo[:, None]
-    out = torch.empty(d_out, mask.numel(), dtype=binary.dtype)
+    out = binary.new_empty(d_out, mask.numel())
     out[:, mask] = salient
     out[:, ~mask] = binary
     return out
@@ -100,7 +100,7 @@ def stored_row_params(payload: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def stored_col_scale(payload: dict[str, torch.Tensor]) -> torch.Tensor:
     """[d_in] f16: r2 on the binarized channels, 1 on the salient ones (unused there)."""
-    col = torch.ones(payload["mask"].numel())
+    col = torch.ones(payload["mask"].numel(), device=payload["mask"].device)
     col[~payload["mask"]] = payload["r2"].float()
     return col.half()
 
@@ -117,7 +117,7 @@ def quantize(weight: torch.Tensor, input_absmax: torch.Tensor | None, config: PT
     w = weight.detach().float()
     d_out, d_in = w.shape
     n_sal = n_salient(d_in, config.salient_ratio)
-    mask = torch.zeros(d_in, dtype=torch.bool)
+    mask = torch.zeros(d_in, dtype=torch.bool, device=w.device)
     mask[torch.argsort(input_absmax.float(), descending=True, stable=True)[:n_sal]] = True
 
     ws = w[:, mask]  # [d_out, n_sal]
@@ -136,8 +136,8 @@ def quantize(weight: torch.Tensor, input_absmax: torch.Tensor | None, config: PT
         "salient_min": lo.half(),
         "mu": mu,  # frozen
         "alpha": alpha,  # trained, with r1 and r2
-        "r1": torch.ones(d_out),
-        "r2": torch.ones(d_in - n_sal),
+        "r1": w.new_ones(d_out),
+        "r2": w.new_ones(d_in - n_sal),
     }
     return QuantizedLinear(payload, decode(payload, config), bits_per_weight(d_out, d_in, n_sal))
 
@@ -179,7 +179,7 @@ def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Ten
     with torch.enable_grad():
         for _ in range(config.epochs):
             starts = list(range(0, n_seq, config.batch))
-            for start in (starts[k] for k in torch.randperm(len(starts), generator=gen).tolist()):
+            for start in (starts[k] for k in torch.randperm(len(starts), generator=gen, device=gen.device).tolist()):
                 stop = min(start + config.batch, n_seq)
                 out = functional_call(block, weights(), (inputs[start:stop],),
                                       batch_kwargs(kwargs, start, stop, n_seq))
