@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -67,6 +68,29 @@ def runtime_info(cuda):
     click.echo(json.dumps(build.info, indent=2))
     click.echo(f"patch tag: {ffi.string(lib.lb_runtime_version()).decode()}")
     click.echo(f"system:    {ffi.string(lib.lb_system_info()).decode()}")
+
+
+@runtime.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def runtime_prune(dry_run):
+    """Remove cached runtime builds the current patches no longer use.
+
+    Every change to ggml_patches/ makes a new build (about 250 MB); the old ones stay in the cache until pruned.
+    Builds of other checkouts with other patches count as old: they rebuild from ccache when needed."""
+    from lowbit_gguf.runtime.build import stale_builds
+
+    def disk_usage(path: Path) -> int:
+        files = path.rglob("*") if path.is_dir() else [path]
+        return sum(f.lstat().st_size for f in files if f.is_file() and not f.is_symlink())
+
+    stale = stale_builds()
+    sizes = [disk_usage(p) for p in stale]
+    for path, size in zip(stale, sizes):
+        click.echo(f"{'would remove' if dry_run else 'removing'} {path} ({size / 2**20:.0f} MiB)")
+        if not dry_run:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    click.echo(f"{'would free' if dry_run else 'freed'} {sum(sizes) / 2**30:.2f} GiB in {len(stale)} entries"
+               if stale else "nothing to prune: every cached build is the current one for its options")
 
 
 # ---- conversion and quantization ------------------------------------------------------------------------

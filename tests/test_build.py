@@ -80,3 +80,37 @@ def test_bindings_have_their_own_hash_and_flags_enter_the_build_key(tmp_path, mo
     assert build.bindings_hash() != shim_key
     assert build.patch_hash(build.BuildOptions()) == llama_key  # llama.cpp is not rebuilt for a shim change
     assert build.patch_hash(build.BuildOptions(cuda=True)) != llama_key
+
+
+def test_prune_removes_only_builds_the_current_patches_no_longer_use(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from lowbit_gguf.cli import cli
+
+    monkeypatch.setenv("LOWBIT_GGUF_CACHE", str(tmp_path))
+    current = [build.build_dir_for(options) for options in
+               (build.BuildOptions(), build.BuildOptions(cuda=True, cuda_arch="80;90"), build.BuildOptions(metal=True))]
+    old = [tmp_path / "runtime" / f"{build.UPSTREAM.version}-cpu-0123456789abcdef",
+           tmp_path / "runtime" / f"{build.UPSTREAM.version}-cpu-cuda90-{build.patch_hash()}",  # hash without flags
+           tmp_path / "runtime" / f"0.0.1-cpu-{build.patch_hash(build.BuildOptions())}"]  # another upstream pin
+    for root in current + old:
+        (root / "lib").mkdir(parents=True)
+        (root / "build.json").write_text("{}")
+    shim = build.RuntimeBuild(current[0], build.BuildOptions()).shim
+    shim.write_bytes(b"\0" * 4096)
+    old_shim = shim.with_name(f"{build.SHIM_STEM}-0000000000000000.so")
+    old_shim.write_bytes(b"\0" * 2048)
+    unknown = tmp_path / "runtime" / "my-notes"
+    unknown.mkdir()
+
+    assert build.options_of_tag("cpu-cuda80;90-metal") == build.BuildOptions(cuda=True, metal=True, cuda_arch="80;90")
+    assert build.options_of_tag("gpu") is None and build.options_of_tag("cpu-metal-metal") is None
+    assert set(build.stale_builds()) == {*old, old_shim}
+
+    listed = CliRunner().invoke(cli, ["runtime", "prune", "--dry-run"])
+    assert listed.exit_code == 0 and "would free" in listed.output and all(p.exists() for p in old)
+    pruned = CliRunner().invoke(cli, ["runtime", "prune"])
+    assert pruned.exit_code == 0, pruned.output
+    assert not any(p.exists() for p in [*old, old_shim])
+    assert all(p.exists() for p in [*current, shim, unknown])
+    assert "nothing to prune" in CliRunner().invoke(cli, ["runtime", "prune"]).output

@@ -190,6 +190,37 @@ def find_build(options: BuildOptions = BuildOptions()) -> RuntimeBuild:
     return build
 
 
+def options_of_tag(tag: str) -> BuildOptions | None:
+    """The options a build folder's tag names ("cpu", "cpu-cuda90", "cpu-metal", ...), or None for a tag this
+    version does not write."""
+    parts = tag.split("-")
+    if parts[0] != "cpu":
+        return None
+    cuda_arch = [p[4:] for p in parts[1:] if re.fullmatch(r"cuda[0-9a-z;]+", p)]
+    options = BuildOptions(cuda=bool(cuda_arch), metal="metal" in parts[1:],
+                           **({"cuda_arch": cuda_arch[0]} if cuda_arch else {}))
+    return options if options.tag == tag else None
+
+
+def stale_builds() -> list[Path]:
+    """What `runtime prune` removes: build folders whose key the current ggml_patches/ no longer produce for
+    their options (older patches, another checkout's), and C bindings compiled from older cbindings/ sources.
+    Folders it does not recognise are left alone."""
+    folder = cache_root() / "runtime"
+    stale = []
+    for root in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = re.fullmatch(r"[^-]+-(?P<tag>.+)-[0-9a-f]{16}", root.name)
+        if not match or not root.is_dir():
+            continue
+        options = options_of_tag(match["tag"])
+        if options is None or root != build_dir_for(options):
+            stale.append(root)
+        else:
+            current = RuntimeBuild(root, options).shim
+            stale += [p for p in sorted((root / "lib").glob(f"{SHIM_STEM}-*.so")) if p != current]
+    return stale
+
+
 def build_runtime(options: BuildOptions = BuildOptions(), jobs: int | None = None,
                   progress: bool = True) -> RuntimeBuild:
     """Fetch, patch and build; returns at once when a finished build for these inputs exists."""
