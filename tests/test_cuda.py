@@ -27,7 +27,6 @@ def gpu_present() -> bool:
 def test_cuda_logits_match_cpu(runtime_build, default_model_dir, tmp_path):
     from lowbit_gguf.gguf.convert import convert
     from lowbit_gguf.runtime.build import BuildOptions, build_runtime
-    from lowbit_gguf.runtime.library import Model
 
     build_runtime(BuildOptions(cuda=True), progress=False)
     make_tiny_llama(tmp_path / "hf", tokenizer_dir=default_model_dir, layers=2)

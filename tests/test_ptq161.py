@@ -103,7 +103,6 @@ def test_block_training_brings_the_block_closer_to_the_float_block(tmp_path):
 
 def test_driver_gives_activation_maxima_and_float_targets_and_resumes(tmp_path):
     from conftest import make_tiny_llama
-    from lowbit_gguf.methods import MethodSpec
     from lowbit_gguf.sequential import quantize_model
 
     tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(4))

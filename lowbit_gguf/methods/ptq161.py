@@ -208,7 +208,7 @@ def pack(payload: dict[str, torch.Tensor], config: PTQ161Config | None = None):
     mask = payload["mask"].numpy()
     signs = payload["signs"].numpy()
     codes = payload["salient_codes"].numpy().astype(np.uint8)
-    d_out, d_in = signs.shape[0], mask.size
+    d_in = mask.size
     sign_bytes = np.packbits(signs, axis=1, bitorder="little")  # [d_out, (d_in - n_sal) / 8]
     nibble_bytes = codes[:, 0::2] | (codes[:, 1::2] << 4)  # [d_out, n_sal / 2]
     stream = np.concatenate([sign_bytes, nibble_bytes], axis=1)
