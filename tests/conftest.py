@@ -100,6 +100,27 @@ def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int =
     return model
 
 
+GPU_SHIMS = Path(__file__).parent / "gpu_shims"
+
+
+def compile_gpu_shim(out: Path, sources: list[str], include_dirs: list[Path], cdef: str):
+    """(ffi, library) of GPU kernel arithmetic compiled as C++ through tests/gpu_shims (no GPU toolchain needed).
+    Exact IEEE arithmetic (no fused multiply-adds), so a shim can be held to the Python decode bit for bit."""
+    import subprocess
+
+    from cffi import FFI
+
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler")
+    flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-shared", "-fPIC", "-Wall", "-Werror",
+             "-Wno-unknown-pragmas"]
+    includes = [arg for folder in [GPU_SHIMS, *include_dirs] for arg in ("-I", str(folder))]
+    subprocess.run(["c++", *flags, *includes, *(str(GPU_SHIMS / s) for s in sources), "-o", str(out)], check=True)
+    ffi = FFI()
+    ffi.cdef(cdef)
+    return ffi, ffi.dlopen(str(out))
+
+
 def cpu_has(*flags: str) -> bool:
     """Whether this machine's CPU reports every flag of /proc/cpuinfo (the native runtime build uses them)."""
     cpuinfo = Path("/proc/cpuinfo")

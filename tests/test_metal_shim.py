@@ -1,34 +1,25 @@
 """The Metal kernels' arithmetic (AQLM, PTQ1.61), compiled as C++ through a small shim, against the Python decode."""
 
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
-from cffi import FFI
 
-from conftest import random_aqlm_payload, random_ptq161_payload
+from conftest import compile_gpu_shim, random_aqlm_payload, random_ptq161_payload
 from lowbit_gguf.runtime.build import PATCH_DIR
 
-SHIM = PATCH_DIR.parent / "tests" / "metal_shim"
 METAL_DIR = PATCH_DIR / "src" / "ggml" / "src" / "ggml-metal"
+CDEF = """
+int shim_aqlm_gemv(int m, int b, const uint8_t * codes, const uint16_t * codebook, const uint16_t * row_scale,
+                   const float * x, float * dst, int64_t n_rows, int64_t n_blocks, uint64_t row_bytes);
+int shim_ptq161_gemv(const uint8_t * codes, const uint8_t * spill, const uint16_t * params, const uint8_t * mask,
+                     const uint16_t * col_scale, const float * x, float * dst, int64_t n_rows, int64_t d_in,
+                     int64_t n_sal);
+"""
 
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
-    if shutil.which("c++") is None:
-        pytest.skip("no C++ compiler")
-    lib = tmp_path_factory.mktemp("metal") / "metal_shim.so"
-    subprocess.run(["c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-I", SHIM, "-I", METAL_DIR,
-                    SHIM / "aqlm_shim.cpp", SHIM / "ptq161_shim.cpp", "-o", lib], check=True)
-    ffi = FFI()
-    ffi.cdef("int shim_aqlm_gemv(int m, int b, const uint8_t * codes, const uint16_t * codebook, "
-             "const uint16_t * row_scale, const float * x, float * dst, int64_t n_rows, int64_t n_blocks, "
-             "uint64_t row_bytes);"
-             "int shim_ptq161_gemv(const uint8_t * codes, const uint8_t * spill, const uint16_t * params, "
-             "const uint8_t * mask, const uint16_t * col_scale, const float * x, float * dst, int64_t n_rows, "
-             "int64_t d_in, int64_t n_sal);")
-    return ffi, ffi.dlopen(str(lib))
+    return compile_gpu_shim(tmp_path_factory.mktemp("metal") / "metal_shim.so",
+                            ["aqlm_metal_shim.cpp", "ptq161_metal_shim.cpp"], [METAL_DIR], CDEF)
 
 
 @pytest.mark.parametrize("config_text", ["1x16", "2x8", "1x8"])

@@ -1,46 +1,19 @@
 // CUDA MUL_MAT for the lowbit-gguf types. Two paths:
-//  - GEMV (up to GEMV_MAX_TOKENS tokens): one warp per output row. AQLM: each lane decodes groups of 8
+//  - GEMV (up to LOWBIT_GEMV_MAX_TOKENS tokens): one warp per output row. AQLM: each lane decodes groups of 8
 //    weights (the sum of M codewords, codebooks in shared memory when they fit) and dots them with every
 //    token. PTQ1.61: the inputs are first gathered into the rows' channel order (salient channels first,
 //    the others times their column scale); each lane then takes sign bytes (8 weights of a*s+m) and
 //    salient code bytes (2 weights of scale*q+min).
 //  - prompts: the weight is decoded to F32 in the pool, then one cuBLAS SGEMM with all tokens.
-// The CPU kernels (ggml-cpu/lowbit-cpu.c) and the Python reference decode define the arithmetic.
+// The CPU kernels (ggml-cpu/lowbit-cpu.c) and the Python reference decode define the arithmetic; lowbit-lanes.cuh
+// holds this file's, which the test suite checks on the CPU.
 
 #include "lowbit.cuh"
 
 #include "ggml-lowbit.h"
+#include "lowbit-lanes.cuh"
 
-#define GEMV_MAX_TOKENS 8
 #define SHARED_CODEBOOK_BYTES (32 * 1024)
-
-// code m of block b of a row: little-endian, B bits (8 or 16)
-template <int M, int B> static __device__ __forceinline__ int aqlm_code(const uint8_t * row, int64_t b, int m) {
-    if constexpr (B == 8) {
-        return row[b * M + m];
-    } else {
-        const uint8_t * p = row + 2 * (b * M + m);
-        return p[0] | (p[1] << 8);
-    }
-}
-
-// the 8 weights of block b (before the row scale): sum over codebooks of one f16 codeword each
-template <int M, int B>
-static __device__ __forceinline__ void aqlm_group(const uint8_t * row, int64_t b, const half * codebook, float w[8]) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        w[i] = 0.0f;
-    }
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-        const int4   raw  = *(const int4 *) (codebook + ((int64_t) m * (1 << B) + aqlm_code<M, B>(row, b, m)) * 8);
-        const half * word = (const half *) &raw;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            w[i] += __half2float(word[i]);
-        }
-    }
-}
 
 template <int M, int B, bool shared_codebook>
 static __global__ void aqlm_gemv(const uint8_t * codes, const size_t row_bytes, const half * codebook,
@@ -61,18 +34,8 @@ static __global__ void aqlm_gemv(const uint8_t * codes, const size_t row_bytes, 
     if (r >= n_rows) {
         return;
     }
-    const uint8_t * row = codes + r * row_bytes;
-    float           acc[GEMV_MAX_TOKENS] = { 0.0f };
-    for (int64_t b = threadIdx.x; b < n_blocks; b += WARP_SIZE) {
-        float w[8];
-        aqlm_group<M, B>(row, b, cb, w);
-        for (int t = 0; t < n_tokens; ++t) {
-            const float4 x0 = *(const float4 *) (x + t * x_stride + b * 8);
-            const float4 x1 = *(const float4 *) (x + t * x_stride + b * 8 + 4);
-            acc[t] += w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +
-                      w[6] * x1.z + w[7] * x1.w;
-        }
-    }
+    float acc[LOWBIT_GEMV_MAX_TOKENS] = { 0.0f };
+    aqlm_gemv_lane<M, B>(codes + r * row_bytes, cb, x, x_stride, n_blocks, n_tokens, threadIdx.x, acc);
     const float scale = __half2float(row_scale[r]);
     for (int t = 0; t < n_tokens; ++t) {
         const float sum = warp_reduce_sum(acc[t]);
@@ -89,29 +52,20 @@ static __global__ void aqlm_decode(const uint8_t * codes, const size_t row_bytes
     if (i >= n_rows * n_blocks) {
         return;
     }
-    const int64_t r = i / n_blocks, b = i % n_blocks;
-    float         w[8];
-    aqlm_group<M, B>(codes + r * row_bytes, b, codebook, w);
-    const float scale = __half2float(row_scale[r]);
-    float4 *    o     = (float4 *) (out + r * n_blocks * 8 + b * 8);
-    o[0]              = make_float4(w[0] * scale, w[1] * scale, w[2] * scale, w[3] * scale);
-    o[1]              = make_float4(w[4] * scale, w[5] * scale, w[6] * scale, w[7] * scale);
+    float w[8];
+    aqlm_decoded_group<M, B>(codes, row_bytes, codebook, row_scale, i / n_blocks, i % n_blocks, w);
+    float4 * o = (float4 *) (out + i * 8);
+    o[0]       = make_float4(w[0], w[1], w[2], w[3]);
+    o[1]       = make_float4(w[4], w[5], w[6], w[7]);
 }
 
-// ---- PTQ1.61 (layout: lowbit_gguf/methods/ptq161.py, pack) ----
+// ---- PTQ1.61 ----
 
-// position of channel c in the rows' order: salient channels first, then the others, each ascending
 static __global__ void ptq161_positions(const uint8_t * mask, const int64_t d_in, const int64_t n_sal, int * pos) {
     const int64_t c = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= d_in) {
-        return;
+    if (c < d_in) {
+        pos[c] = ptq161_position(mask, c, n_sal);
     }
-    int before = 0;  // salient channels before c
-    for (int64_t i = 0; i < c / 8; ++i) {
-        before += __popc(mask[i]);
-    }
-    before += __popc(mask[c / 8] & ((1u << (c % 8)) - 1));
-    pos[c] = (mask[c / 8] >> (c % 8) & 1) ? before : (int) (n_sal + c - before);
 }
 
 // g[t][pos[c]] = x[t][c] (times the column scale on binarized channels)
@@ -119,18 +73,9 @@ static __global__ void ptq161_gather(const int * pos, const half * col_scale, co
                                      const int64_t d_in, const int64_t n_sal, float * g) {
     const int64_t c = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
     const int     t = blockIdx.y;
-    if (c >= d_in) {
-        return;
+    if (c < d_in) {
+        g[t * d_in + pos[c]] = ptq161_gathered(col_scale, x[t * x_stride + c], c, pos[c], n_sal);
     }
-    const int   p = pos[c];
-    const float v = x[t * x_stride + c];
-    g[t * d_in + p] = p < n_sal ? v : v * __half2float(col_scale[c]);
-}
-
-// byte i of a row's stream: sign bytes, then salient code bytes; the row keeps row_bytes, the rest spilled
-static __device__ __forceinline__ int ptq161_byte(const uint8_t * row, const uint8_t * spill, const int64_t row_bytes,
-                                                  const int64_t i) {
-    return i < row_bytes ? row[i] : spill[i - row_bytes];
 }
 
 static __global__ void ptq161_gemv(const uint8_t * codes, const int64_t row_bytes, const uint8_t * spill,
@@ -141,34 +86,9 @@ static __global__ void ptq161_gemv(const uint8_t * codes, const int64_t row_byte
     if (r >= n_rows) {
         return;
     }
-    const uint8_t * row        = codes + r * row_bytes;
-    const uint8_t * row_spill  = spill + r * spill_bytes;
-    const half *    p          = params + r * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
-    const float     a = __half2float(p[0]), m = __half2float(p[1]), scale = __half2float(p[2]), lo = __half2float(p[3]);
-    const int64_t   sign_bytes = (d_in - n_sal) / 8;
-    float           acc[GEMV_MAX_TOKENS] = { 0.0f };
-    for (int64_t b = threadIdx.x; b < sign_bytes; b += WARP_SIZE) {
-        const int bits = row[b];
-        float     w[8];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            w[i] = (bits >> i & 1) ? m + a : m - a;
-        }
-        for (int t = 0; t < n_tokens; ++t) {
-            const float * xb = g + t * d_in + n_sal + b * 8;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                acc[t] += w[i] * xb[i];
-            }
-        }
-    }
-    for (int64_t k = threadIdx.x; k < n_sal / 2; k += WARP_SIZE) {
-        const int   pair = ptq161_byte(row, row_spill, row_bytes, sign_bytes + k);
-        const float w0 = scale * (float) (pair & 15) + lo, w1 = scale * (float) (pair >> 4) + lo;
-        for (int t = 0; t < n_tokens; ++t) {
-            acc[t] += w0 * g[t * d_in + 2 * k] + w1 * g[t * d_in + 2 * k + 1];
-        }
-    }
+    float acc[LOWBIT_GEMV_MAX_TOKENS] = { 0.0f };
+    ptq161_gemv_lane(codes + r * row_bytes, spill + r * spill_bytes, row_bytes,
+                     params + r * GGML_LOWBIT_PTQ161_ROW_PARAMS_N, g, d_in, n_sal, n_tokens, threadIdx.x, acc);
     for (int t = 0; t < n_tokens; ++t) {
         const float sum = warp_reduce_sum(acc[t]);
         if (threadIdx.x == 0) {
@@ -187,16 +107,8 @@ static __global__ void ptq161_decode(const uint8_t * codes, const int64_t row_by
         return;
     }
     const int64_t r = i / d_in, c = i % d_in;
-    const half *  p = params + r * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
-    const int     q = pos[c];
-    if (q < n_sal) {
-        const int pair = ptq161_byte(codes + r * row_bytes, spill + r * spill_bytes, row_bytes, (d_in - n_sal) / 8 + q / 2);
-        out[i] = __half2float(p[2]) * (float) (q % 2 ? pair >> 4 : pair & 15) + __half2float(p[3]);
-    } else {
-        const int   j    = q - (int) n_sal;
-        const float sign = (codes[r * row_bytes + j / 8] >> (j % 8) & 1) ? 1.0f : -1.0f;
-        out[i] = __half2float(col_scale[c]) * (__half2float(p[0]) * sign + __half2float(p[1]));
-    }
+    out[i] = ptq161_weight(codes + r * row_bytes, spill + r * spill_bytes, row_bytes,
+                           params + r * GGML_LOWBIT_PTQ161_ROW_PARAMS_N, col_scale, pos[c], c, d_in, n_sal);
 }
 
 // dst^T = W x^T with W row-major [n_rows][d_in] (column-major d_in x n_rows) through cuBLAS
@@ -226,7 +138,7 @@ static void ptq161_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * 
     ggml_cuda_pool_alloc<int> pos(ctx.pool(), d_in);
     ptq161_positions<<<(d_in + 255) / 256, 256, 0, stream>>>(mask, d_in, n_sal, pos.get());
     CUDA_CHECK(cudaGetLastError());
-    if (n_tokens <= GEMV_MAX_TOKENS) {
+    if (n_tokens <= LOWBIT_GEMV_MAX_TOKENS) {
         ggml_cuda_pool_alloc<float> g(ctx.pool(), n_tokens * d_in);
         ptq161_gather<<<dim3((d_in + 255) / 256, n_tokens), 256, 0, stream>>>(
             pos.get(), col_scale, (const float *) src1->data, src1->nb[1] / sizeof(float), d_in, n_sal, g.get());
@@ -265,7 +177,7 @@ static void aqlm_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * sr
     const int64_t   n_tokens  = src1->ne[1];
     cudaStream_t    stream    = ctx.stream();
 
-    if (n_tokens <= GEMV_MAX_TOKENS) {
+    if (n_tokens <= LOWBIT_GEMV_MAX_TOKENS) {
         const dim3   block(WARP_SIZE, 4);
         const dim3   grid((n_rows + block.y - 1) / block.y);
         const size_t cb_bytes = (size_t) M * (1 << B) * 8 * sizeof(half);

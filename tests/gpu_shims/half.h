@@ -1,19 +1,9 @@
-// Just enough of the Metal Shading Language for the project's .metal arithmetic to compile as C++:
-// address-space qualifiers vanish, half is IEEE binary16 converted the way the GPU does (exactly).
+// IEEE binary16 for the GPU shims: converted to float exactly, as the GPUs do.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-
-#define device
-#define constant const
-#define thread
-
-typedef uint8_t  uchar;
-typedef uint32_t uint;
-
-inline uint popcount(uint v) { return (uint) __builtin_popcount(v); }
 
 struct half {
     uint16_t bits;
@@ -29,3 +19,4 @@ struct half {
         return out;
     }
 };
+
