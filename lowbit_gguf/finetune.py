@@ -126,7 +126,8 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     from lowbit_gguf.gguf.convert import check_model_dir
     from lowbit_gguf.gguf.inspect import read_summary
     from lowbit_gguf.quantize import export_gguf
-    from lowbit_gguf.sequential import Checkpoint, atomic_save, tokens_fingerprint
+    from lowbit_gguf.files import save_torch
+    from lowbit_gguf.sequential import Checkpoint, tokens_fingerprint
 
     started = time.time()
     source, model_dir, out = Path(source), Path(model_dir), Path(out)
@@ -194,9 +195,10 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
         losses.append(loss.item())
         bar.set_postfix(kl=f"{losses[-1]:.4f}")
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < total:
-            atomic_save({"step": step + 1, "losses": losses, "optimizer": opt.state_dict(),
-                         "trainable": {m: {k: v.detach().cpu() for k, v in t.items()} for m, t in trainable.items()},
-                         "norms": {n: p.detach().cpu() for n, p in norms.items()}}, state_path)
+            save_torch({"step": step + 1, "losses": losses, "optimizer": opt.state_dict(),
+                        "trainable": {m: {k: v.detach().cpu() for k, v in t.items()} for m, t in trainable.items()},
+                        "norms": {n: p.detach().cpu() for n, p in norms.items()}}, state_path,
+                       "the fine-tuning checkpoint")
     bar.close()
 
     student.eval().to("cpu")

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit_gguf.errors import LowbitError, UnsupportedModel
+from lowbit_gguf.files import save_torch
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear
 
 
@@ -183,10 +184,11 @@ class Checkpoint:
                    others: dict[str, torch.Tensor], float_hidden: torch.Tensor | None = None,
                    seconds: float = 0.0) -> None:
         saved = {name: {"payload": r.payload, "bpw": r.bits_per_weight} for name, r in layers.items()}
-        atomic_save({"linears": saved, "others": others, "seconds": seconds}, self.block_path(i))
-        atomic_save({"after_block": i, "hidden": hidden.cpu(),
-                     "float_hidden": None if float_hidden is None else float_hidden.cpu()},
-                    self.folder / "hidden.pt")
+        save_torch({"linears": saved, "others": others, "seconds": seconds}, self.block_path(i),
+                   f"the checkpoint of block {i}")
+        save_torch({"after_block": i, "hidden": hidden.cpu(),
+                    "float_hidden": None if float_hidden is None else float_hidden.cpu()},
+                   self.folder / "hidden.pt", f"the checkpoint's activations after block {i}")
 
     def load_block(self, i: int) -> dict:
         return torch.load(self.block_path(i), weights_only=True)
@@ -200,13 +202,6 @@ class Checkpoint:
 def tokens_fingerprint(tokens: torch.Tensor) -> str:
     """Short hash of the calibration tokens: a checkpoint only resumes the run that made it."""
     return hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save that leaves either the old file or the whole new one, never a torn file."""
-    partial = path.with_name(path.name + ".partial")
-    torch.save(obj, partial)
-    partial.replace(path)
 
 
 def _check_finite(name: str, tensor: torch.Tensor, what: str) -> None:

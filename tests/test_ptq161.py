@@ -179,7 +179,8 @@ def test_restorative_lora_resumes_after_interruption(tmp_path, monkeypatch):
     adapter training from that step and ends with exactly the weights of an uninterrupted run."""
     from conftest import make_tiny_llama
     from lowbit_gguf.methods import ptq161
-    from lowbit_gguf.sequential import atomic_save, block_linears, decoder_blocks
+    from lowbit_gguf.files import save_torch
+    from lowbit_gguf.sequential import block_linears, decoder_blocks
 
     tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(6))
     config = PTQ161Config(epochs=1, lora_rank=2, lora_steps=2 * ptq161.LORA_SAVE_EVERY + 3, lora_batch=2)
@@ -191,17 +192,17 @@ def test_restorative_lora_resumes_after_interruption(tmp_path, monkeypatch):
     reference = make_tiny_llama(tmp_path / "r", layers=2)
     ptq161.restorative_lora(reference, tokens, config, progress=False)
 
-    def stop_after_adapters(obj, path):
-        atomic_save(obj, path)
+    def stop_after_adapters(obj, path, what):
+        save_torch(obj, path, what)
         if path.name == "adapters.pt":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("lowbit_gguf.sequential.atomic_save", stop_after_adapters)
+    monkeypatch.setattr("lowbit_gguf.files.save_torch", stop_after_adapters)
     folder = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
         ptq161.restorative_lora(make_tiny_llama(tmp_path / "a", layers=2), tokens, config, progress=False,
                                 checkpoint_dir=folder)
-    monkeypatch.setattr("lowbit_gguf.sequential.atomic_save", atomic_save)
+    monkeypatch.setattr("lowbit_gguf.files.save_torch", save_torch)
     assert torch.load(folder / "adapters.pt", weights_only=True)["step"] == ptq161.LORA_SAVE_EVERY
 
     calls = {"quantize": 0, "steps": 0}

@@ -8,6 +8,7 @@ gguf package lowbit-gguf itself uses.
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from lowbit_gguf.cache import cache_root
 from lowbit_gguf.errors import LowbitError, UnsupportedModel
+from lowbit_gguf.files import partial_output
 from lowbit_gguf.runtime.build import UPSTREAM, extract_upstream
 
 # HF architectures of the llama family that the tests and the sequential driver cover.
@@ -61,13 +63,13 @@ def convert(model_dir: Path, out: Path, out_type: str = "f16", quiet: bool = Fal
         raise LowbitError(f"unknown output type {out_type!r}; choose from {', '.join(OUT_TYPES)}")
     check_model_dir(model_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     script = upstream_source() / "convert_hf_to_gguf.py"
-    cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(partial), "--outtype", out_type]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else None, text=True)
-    if proc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        detail = (proc.stderr or "")[-3000:] if quiet else "(its messages are above)"
-        raise LowbitError(f"llama.cpp's converter failed on {model_dir}: {detail}")
-    partial.replace(out)
+    with partial_output(out, f"the GGUF file {out.name}") as partial:
+        cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(partial), "--outtype", out_type]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else None, text=True)
+        if proc.returncode != 0:
+            detail = (proc.stderr or "")[-3000:] if quiet else "(its messages are above)"
+            if "No space left on device" in detail:  # the converter's own OSError: say it as for our writes
+                raise OSError(errno.ENOSPC, detail)
+            raise LowbitError(f"llama.cpp's converter failed on {model_dir}: {detail}")
     return out

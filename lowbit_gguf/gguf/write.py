@@ -19,6 +19,7 @@ import torch
 import gguf
 import gguf.quants
 from lowbit_gguf.errors import BadGGUF, LowbitError
+from lowbit_gguf.files import partial_output
 from lowbit_gguf.gguf.types import PER_ROW_SIDES, SALIENT_MASK, LowbitType, gguf_type
 
 
@@ -135,38 +136,37 @@ def write_lowbit_gguf(source: Path, out: Path, packed: dict[str, PackedWeight], 
             raise LowbitError(f"{module}: llama.cpp's tensor-name map has no name for this module")
         by_gguf_name[gguf_name] = (module, weight)
 
-    partial = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(partial, arch)
-    _copy_metadata(reader, writer)
-    for key, value in metadata.items():
-        writer.add_string(f"lowbit_gguf.{key}", value)
-    found = set()
-    for tensor in reader.tensors:
-        if tensor.name in EMBEDDING_TENSORS and embedding_type == "q8_0" \
-                and tensor.tensor_type == gguf.GGMLQuantizationType.F16:
-            q8 = gguf.GGMLQuantizationType.Q8_0
-            data = gguf.quants.quantize(np.asarray(tensor.data, np.float32), q8)
-            writer.add_tensor(tensor.name, data, raw_dtype=q8)
-            continue
-        if tensor.name not in by_gguf_name:
-            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-            continue
-        module, weight = by_gguf_name[tensor.name]
-        found.add(tensor.name)
-        weight = weight.permute_rows(_row_order(tensor.name, decoded[module], tensor.data, head_counts))
-        writer.add_tensor(tensor.name, weight.codes, raw_dtype=gguf_type(weight.lowbit_type))
-        stem = tensor.name.removesuffix(".weight")
-        for suffix in weight.lowbit_type.sides:
-            writer.add_tensor(f"{stem}.{suffix}", np.ascontiguousarray(weight.sides[suffix]))
-    missing = sorted(set(by_gguf_name) - found)
-    if missing:
-        raise LowbitError(f"{source} lacks the tensors {missing[:3]}{'...' if len(missing) > 3 else ''}")
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=progress)
-    finally:
-        writer.close()
-    partial.replace(out)
+    with partial_output(out, f"the GGUF file {out.name}") as partial:
+        writer = gguf.GGUFWriter(partial, arch)
+        _copy_metadata(reader, writer)
+        for key, value in metadata.items():
+            writer.add_string(f"lowbit_gguf.{key}", value)
+        found = set()
+        for tensor in reader.tensors:
+            if tensor.name in EMBEDDING_TENSORS and embedding_type == "q8_0" \
+                    and tensor.tensor_type == gguf.GGMLQuantizationType.F16:
+                q8 = gguf.GGMLQuantizationType.Q8_0
+                data = gguf.quants.quantize(np.asarray(tensor.data, np.float32), q8)
+                writer.add_tensor(tensor.name, data, raw_dtype=q8)
+                continue
+            if tensor.name not in by_gguf_name:
+                writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+                continue
+            module, weight = by_gguf_name[tensor.name]
+            found.add(tensor.name)
+            weight = weight.permute_rows(_row_order(tensor.name, decoded[module], tensor.data, head_counts))
+            writer.add_tensor(tensor.name, weight.codes, raw_dtype=gguf_type(weight.lowbit_type))
+            stem = tensor.name.removesuffix(".weight")
+            for suffix in weight.lowbit_type.sides:
+                writer.add_tensor(f"{stem}.{suffix}", np.ascontiguousarray(weight.sides[suffix]))
+        missing = sorted(set(by_gguf_name) - found)
+        if missing:
+            raise LowbitError(f"{source} lacks the tensors {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        finally:
+            writer.close()
     return out
 

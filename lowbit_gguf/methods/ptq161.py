@@ -250,7 +250,8 @@ def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: 
     from dataclasses import asdict
     from pathlib import Path
 
-    from lowbit_gguf.sequential import Checkpoint, atomic_save, block_linears, decoder_blocks, tokens_fingerprint
+    from lowbit_gguf.files import save_torch
+    from lowbit_gguf.sequential import Checkpoint, block_linears, decoder_blocks, tokens_fingerprint
 
     folder = None
     if checkpoint_dir is not None:
@@ -262,7 +263,7 @@ def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: 
     else:
         deltas = _train_lora_deltas(model, tokens, config, device, progress, folder)
         if folder is not None:
-            atomic_save(deltas, folder / "deltas.pt")
+            save_torch(deltas, folder / "deltas.pt", "the restorative LoRA's weight changes")
     with torch.no_grad():
         for i, block in enumerate(decoder_blocks(model)):
             for name, linear in block_linears(block).items():
@@ -276,7 +277,8 @@ def _train_lora_deltas(model, tokens, config: PTQ161Config, device: str, progres
 
     from tqdm import tqdm
 
-    from lowbit_gguf.sequential import atomic_save, block_linears, decoder_blocks, quantize_model
+    from lowbit_gguf.files import save_torch
+    from lowbit_gguf.sequential import block_linears, decoder_blocks, quantize_model
 
     quantized = copy.deepcopy(model)
     quantize_model(quantized, tokens, replace(METHOD, preprocess=None), config, device=device, progress=progress,
@@ -321,9 +323,9 @@ def _train_lora_deltas(model, tokens, config: PTQ161Config, device: str, progres
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if state_path is not None and (step + 1) % LORA_SAVE_EVERY == 0 and step + 1 < config.lora_steps:
-            atomic_save({"step": step + 1, "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                         "adapters": {k: {"a": a.a.detach().cpu(), "b": a.b.detach().cpu()}
-                                      for k, a in adapters.items()}}, state_path)
+            save_torch({"step": step + 1, "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                        "adapters": {k: {"a": a.a.detach().cpu(), "b": a.b.detach().cpu()}
+                                     for k, a in adapters.items()}}, state_path, "the LoRA adapters' checkpoint")
     return {key: (a.b @ a.a).detach().cpu() for key, a in adapters.items()}
 
 
