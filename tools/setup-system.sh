@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # System packages the project needs on a Debian machine: the build tools for the patched llama.cpp
-# (cmake, ninja, patch, ccache for fast rebuilds) and apt's index, so the default text package
-# (r-cran-janeaustenr) can be downloaded. Needs root; does nothing that is already in place.
+# (cmake, ninja, patch, ccache for fast rebuilds), the aarch64 cross compilers (a test compiles the CPU
+# kernels for ARM machines) and apt's index, so the default text package (r-cran-janeaustenr) can be
+# downloaded. Needs root; does nothing that is already in place.
 set -euo pipefail
 need=()
-for tool in cmake ninja patch ccache; do
+for tool in cmake ninja patch ccache aarch64-linux-gnu-gcc aarch64-linux-gnu-g++; do
   command -v "$tool" >/dev/null || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ] || ! apt-cache show r-cran-janeaustenr >/dev/null 2>&1; then
@@ -13,7 +14,12 @@ fi
 if [ ${#need[@]} -gt 0 ]; then
   pkgs=()
   for tool in "${need[@]}"; do
-    case "$tool" in ninja) pkgs+=(ninja-build) ;; *) pkgs+=("$tool") ;; esac
+    case "$tool" in
+      ninja) pkgs+=(ninja-build) ;;
+      aarch64-linux-gnu-gcc) pkgs+=(gcc-aarch64-linux-gnu) ;;
+      aarch64-linux-gnu-g++) pkgs+=(g++-aarch64-linux-gnu) ;;
+      *) pkgs+=("$tool") ;;
+    esac
   done
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
 fi

@@ -705,14 +705,6 @@ void ggml_lowbit_cpu_transpose_codes(const struct ggml_tensor * w, const void * 
     }
 }
 
-// rows per thread: whole RT_ROWS chunks
-static void rt_thread_rows(const struct ggml_compute_params * params, int64_t n_rows, int64_t * begin,
-                           int64_t * end) {
-    thread_rows(params, n_rows / RT_ROWS, begin, end);
-    *begin *= RT_ROWS;
-    *end *= RT_ROWS;
-}
-
 // Work: every thread's f32 sums of all rows [n_threads][n_tokens][n_rows], then each thread's own part: its
 // codebooks as bf16 pairs [M][4][256] (at 0), the token's input in bf16, one group's tables in f32 and int16, and
 // the rows' int16 sums of a group. Offsets in floats from the start of the thread's part.
@@ -737,6 +729,14 @@ static int64_t rt_floats(const struct ggml_tensor * dst, int n_threads) {
 }
 
 #ifdef LOWBIT_REGISTER_TABLES
+// rows per thread: whole RT_ROWS chunks
+static void rt_thread_rows(const struct ggml_compute_params * params, int64_t n_rows, int64_t * begin,
+                           int64_t * end) {
+    thread_rows(params, n_rows / RT_ROWS, begin, end);
+    *begin *= RT_ROWS;
+    *end *= RT_ROWS;
+}
+
 // Codebooks [M][256][8] f16 as bf16 pairs [M][4][256] (pair p of a code: components 2p and 2p + 1, the operand
 // layout of vdpbf16ps), codes in pack order: within each 32 codes, the order in which _mm512_packs_epi32 of two
 // 16-code vectors of table entries gives them back in order (it interleaves its sources 4 lanes at a time), so
