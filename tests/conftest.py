@@ -100,6 +100,22 @@ def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int =
     return model
 
 
+TINY_CONFIGS = {"rtn": "w4g32", "aqlm": "2x8", "aqlm-1x8": "1x8", "ptq161": "s20"}
+
+
+def tiny_config(key: str):
+    """A method's config, cut to seconds on the tiny llama (fine-tuning kept, one round of each stage)."""
+    from lowbit_gguf.methods import get_method
+
+    spec = get_method(key.split("-")[0])
+    config = spec.parse_config(TINY_CONFIGS[key])
+    if spec.name == "aqlm":
+        config = replace(config, max_rounds=1, adam_steps=3, kmeans_iters=3, finetune_epochs=1)
+    if spec.name == "ptq161":
+        config = replace(config, epochs=1)
+    return spec, config
+
+
 GPU_SHIMS = Path(__file__).parent / "gpu_shims"
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, tiny_config
 
 pytestmark = [pytest.mark.cuda, pytest.mark.runtime]
 
@@ -53,8 +53,6 @@ def test_cuda_lowbit_weights_match_cpu(fixture, request, tmp_path):
 def test_quantization_on_the_gpu_matches_the_cpu(key, tmp_path):
     """`quantize --device cuda`: the same tiny model quantized on the GPU and on the CPU (random draws come from the
     same CPU generator; the arithmetic differs in rounding, so codes may differ) reaches the same weight error."""
-    from test_sequential import tiny_config
-
     from lowbit_gguf.sequential import quantize_model
 
     tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))

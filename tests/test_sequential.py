@@ -7,7 +7,7 @@ from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.methods import MethodSpec, get_method
 from lowbit_gguf.sequential import block_linears, capture_block_inputs, decoder_blocks, quantize_model
 
-from conftest import make_tiny_llama
+from conftest import TINY_CONFIGS, make_tiny_llama, tiny_config
 
 
 @pytest.fixture
@@ -169,22 +169,6 @@ def test_resume_restores_parameters_changed_by_block_finetuning(tmp_path):
     resumed = make_tiny_llama(tmp_path / "c", layers=3)
     quantize_model(resumed, tokens, spec, config, checkpoint_dir=ckpt, progress=False)
     torch.testing.assert_close(resumed(tokens).logits, full_model(tokens).logits)
-
-
-TINY_CONFIGS = {"rtn": "w4g32", "aqlm": "2x8", "aqlm-1x8": "1x8", "ptq161": "s20"}
-
-
-def tiny_config(key: str):
-    """A method's config, cut to seconds on the tiny llama (fine-tuning kept, one round of each stage)."""
-    from dataclasses import replace
-
-    spec = get_method(key.split("-")[0])
-    config = spec.parse_config(TINY_CONFIGS[key])
-    if spec.name == "aqlm":
-        config = replace(config, max_rounds=1, adam_steps=3, kmeans_iters=3, finetune_epochs=1)
-    if spec.name == "ptq161":
-        config = replace(config, epochs=1)
-    return spec, config
 
 
 @pytest.mark.parametrize("key", list(TINY_CONFIGS))
