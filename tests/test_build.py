@@ -102,6 +102,12 @@ def test_prune_removes_only_builds_the_current_patches_no_longer_use(tmp_path, m
     old_shim.write_bytes(b"\0" * 2048)
     unknown = tmp_path / "runtime" / "my-notes"
     unknown.mkdir()
+    arm64 = build.arm64_build_dir()
+    old_arm64 = arm64.with_name("0123456789abcdef")
+    for root in (arm64, old_arm64):
+        (root / "build").mkdir(parents=True)
+    current.append(arm64)
+    old.append(old_arm64)
 
     assert build.options_of_tag("cpu-cuda80;90-metal") == build.BuildOptions(cuda=True, metal=True, cuda_arch="80;90")
     assert build.options_of_tag("gpu") is None and build.options_of_tag("cpu-metal-metal") is None

@@ -202,12 +202,19 @@ def options_of_tag(tag: str) -> BuildOptions | None:
     return options if options.tag == tag else None
 
 
+def arm64_build_dir() -> Path:
+    """Where tools/arm64-check keeps its aarch64 cross-build of the current patches."""
+    return cache_root() / "runtime-arm64" / patch_hash()
+
+
 def stale_builds() -> list[Path]:
     """What `runtime prune` removes: build folders whose key the current ggml_patches/ no longer produce for
-    their options (older patches, another checkout's), and C bindings compiled from older cbindings/ sources.
-    Folders it does not recognise are left alone."""
+    their options (older patches, another checkout's), tools/arm64-check's builds of older patches, and C bindings
+    compiled from older cbindings/ sources. Folders it does not recognise are left alone."""
     folder = cache_root() / "runtime"
-    stale = []
+    arm64 = arm64_build_dir()
+    stale = sorted(p for p in arm64.parent.glob("*") if p.is_dir() and re.fullmatch("[0-9a-f]{16}", p.name)
+                   and p != arm64)
     for root in sorted(folder.iterdir()) if folder.is_dir() else []:
         match = re.fullmatch(r"[^-]+-(?P<tag>.+)-[0-9a-f]{16}", root.name)
         if not match or not root.is_dir():
