@@ -58,11 +58,11 @@ int32_t lb_dequantize(int32_t type, const void * data, size_t nbytes, float * ou
 
 /* out (n_tokens x n_rows f32) = W x through ggml's CPU MUL_MAT, the code llama.cpp runs; x is
  * n_tokens x n_per_row f32. path: LB_PATH_FASTEST the weight stored as in the file with this build's fastest
- * kernel, LB_PATH_REFERENCE ggml's reference path
- * (plain C decode, scalar dot), LB_PATH_TABLES the portable kernels where the build has faster ones (look-up
- * tables for a few tokens, f32 sgemm for prompts; so both are checked on one machine), LB_PATH_LOADED the weight placed as llama.cpp's model loader places
- * it: in the CPU_LOWBIT buffer type where that takes it (codes transposed at load, register tables for a few
- * tokens), else as LB_PATH_FASTEST. */
+ * kernel, LB_PATH_REFERENCE ggml's reference path (plain C decode, scalar dot), LB_PATH_TABLES the portable
+ * kernels where the build has faster ones (look-up tables for a few tokens, f32 sgemm for prompts; so both are
+ * checked on one machine), LB_PATH_LOADED the weight placed as llama.cpp's model loader places it: in the
+ * CPU_LOWBIT buffer type where that takes it (codes transposed at load, register tables for a few tokens), else
+ * as LB_PATH_FASTEST. */
 enum { LB_PATH_FASTEST = 0, LB_PATH_REFERENCE = 1, LB_PATH_TABLES = 2, LB_PATH_LOADED = 3 };
 int32_t lb_lowbit_mul_mat(int32_t type, const void * codes, size_t codes_bytes, int64_t n_per_row, int64_t n_rows,
                           int32_t n_sides, const int32_t * side_types, const int64_t * side_ne,

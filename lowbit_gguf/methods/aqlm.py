@@ -180,7 +180,8 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: AQLMConfig) ->
     gen = torch.Generator().manual_seed(config.seed)
     w = weight.detach().float()
     h = hessian.detach().float()
-    h = h + 1e-6 * h.diagonal().mean() * torch.eye(d_in, device=h.device)  # dead inputs must not make the objective flat
+    # dead inputs must not make the objective flat
+    h = h + 1e-6 * h.diagonal().mean() * torch.eye(d_in, device=h.device)
 
     scales = w.norm(dim=1).clamp_min(1e-8)  # [d_out]
     residual = (w / scales[:, None]).reshape(-1, g)  # [d_out * n_groups, g]

@@ -211,9 +211,10 @@ def lowbit_mul_mat(weight, x: np.ndarray, n_threads: int = 1, path: str = "faste
     """x [n_tokens, d_in] -> W x [n_tokens, d_out] for a PackedWeight, through ggml's CPU MUL_MAT. path:
     "loaded" is what llama.cpp runs: the weight placed as its model loader places it, in the CPU_LOWBIT buffer type
     where that takes it (codes transposed at load for the register-table kernel: AQLM with 8-bit codes, 512 rows
-    or more, AVX-512 BW, DQ and BF16 builds), else stored as in the file and multiplied as "fastest" does; "reference" is ggml's
-    reference path (plain C decode), "tables" the portable kernels where this build has faster ones: the look-up
-    tables for a few tokens (instead of AVX2 AQLM, AVX-512 PTQ1.61), f32 sgemm for prompts (instead of bf16)."""
+    or more, AVX-512 BW, DQ and BF16 builds), else stored as in the file and multiplied as "fastest" does;
+    "reference" is ggml's reference path (plain C decode), "tables" the portable kernels where this build has
+    faster ones: the look-up tables for a few tokens (instead of AVX2 AQLM, AVX-512 PTQ1.61), f32 sgemm for
+    prompts (instead of bf16)."""
     return _lowbit_mul_mat(weight, x, n_threads, path, options)[0]
 
 

@@ -1200,7 +1200,8 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
 #ifdef LOWBIT_AVX2
     // AQLM with 16-bit codes (1x16), a few tokens: no tables (2^16 entries per group); the codeword sums
     if (info->method == GGML_LOWBIT_METHOD_AQLM && info->code_bits == 16 && info->block_size == 8 &&
-        !params->use_ref && n_tokens_of(dst) <= LUT_MAX_TOKENS && ggml_lowbit_get_cpu_path() == GGML_LOWBIT_CPU_FASTEST) {
+        !params->use_ref && n_tokens_of(dst) <= LUT_MAX_TOKENS &&
+        ggml_lowbit_get_cpu_path() == GGML_LOWBIT_CPU_FASTEST) {
         aqlm_mul_mat_direct(params, dst, info, sides, work);
         return;
     }
