@@ -108,15 +108,28 @@ def convert(model_dir, output, out_type):
     click.echo(f"wrote {output}")
 
 
+def calibration_options(command):
+    """--calib-text (repeatable), --samples, --seq-len and --heldout, shared by quantize and finetune."""
+    options = [
+        click.option("--calib-text", multiple=True, default=("calibration",), show_default=True,
+                     help="Text to calibrate on: 'calibration' (the default set of four domains), a default text "
+                          "by name, or a UTF-8 file; repeat it to mix several (windows are drawn from each in turn)."),
+        click.option("--samples", default=128, show_default=True, help="Calibration sequences to train on."),
+        click.option("--seq-len", default=512, show_default=True, help="Tokens per calibration sequence."),
+        click.option("--heldout", default=8, show_default=True,
+                     help="Held-out sequences (from the last 10%% of each text) that stop training early; 0: none."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("model_dir", type=existing_dir)
 @click.option("--method", required=True, help="Quantization method (see `lowbit-gguf methods`).")
 @click.option("--config", default=None, help="Method config, e.g. 2x8 for AQLM or w4g32 for rtn.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write.")
-@click.option("--calib-text", default="calibration", show_default=True,
-              help="'calibration' (the default text) or a UTF-8 file.")
-@click.option("--samples", default=128, show_default=True, help="Calibration sequences.")
-@click.option("--seq-len", default=512, show_default=True, help="Tokens per calibration sequence.")
+@calibration_options
 @click.option("--device", default="cpu", show_default=True, help="Compute device for one block at a time.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Resume folder (default: OUTPUT.checkpoint); rerun the same command to resume.")
@@ -125,13 +138,13 @@ def convert(model_dir, output, out_type):
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
               help="Type of the token embeddings and output head in methods with their own GGUF type "
                    "(llama.cpp's low-bit files use Q8_0).")
-def quantize(model_dir, method, config, output, calib_text, samples, seq_len, device, checkpoint, save_decoded,
-             embedding_type):
+def quantize(model_dir, method, config, output, calib_text, samples, seq_len, heldout, device, checkpoint,
+             save_decoded, embedding_type):
     """Quantize MODEL_DIR block by block with a registered method and write a GGUF."""
     from lowbit_gguf.quantize import quantize_checkpoint
 
-    report = quantize_checkpoint(model_dir, method, config, output, calib_text=calib_text, n_samples=samples,
-                                 seq_len=seq_len, device=device, checkpoint_dir=checkpoint,
+    report = quantize_checkpoint(model_dir, method, config, output, calib_text=list(calib_text), n_samples=samples,
+                                 seq_len=seq_len, n_heldout=heldout, device=device, checkpoint_dir=checkpoint,
                                  save_decoded=save_decoded, embedding_type=embedding_type)
     click.echo(f"wrote {report.gguf}: {len(report.result.layers)} linear layers, "
                f"{report.result.bits_per_weight():.3f} bits/weight in the method's own storage, "
@@ -145,10 +158,7 @@ def quantize(model_dir, method, config, output, calib_text, samples, seq_len, de
 @click.option("--epochs", default=1, show_default=True, help="Passes over the calibration sequences.")
 @click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate.")
 @click.option("--batch", default=2, show_default=True, help="Sequences per step.")
-@click.option("--calib-text", default="calibration", show_default=True,
-              help="'calibration' (the default text) or a UTF-8 file.")
-@click.option("--samples", default=128, show_default=True, help="Calibration sequences.")
-@click.option("--seq-len", default=512, show_default=True, help="Tokens per calibration sequence.")
+@calibration_options
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Resume folder (default: OUTPUT.checkpoint); rerun the same command to resume.")
 @click.option("--save-decoded", type=click.Path(path_type=Path), default=None,
@@ -156,7 +166,7 @@ def quantize(model_dir, method, config, output, calib_text, samples, seq_len, de
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
               help="Type of the token embeddings and output head.")
 @click.option("--device", default="cpu", show_default=True, help="Compute device for both models (e.g. cuda).")
-def finetune(gguf_file, model_dir, output, epochs, lr, batch, calib_text, samples, seq_len, checkpoint,
+def finetune(gguf_file, model_dir, output, epochs, lr, batch, calib_text, samples, seq_len, heldout, checkpoint,
              save_decoded, embedding_type, device):
     """Fine-tune a quantized GGUF end to end against its float MODEL_DIR and write a new GGUF.
 
@@ -165,11 +175,14 @@ def finetune(gguf_file, model_dir, output, epochs, lr, batch, calib_text, sample
     and speed."""
     from lowbit_gguf.finetune import finetune_gguf
 
-    report = finetune_gguf(gguf_file, model_dir, output, epochs=epochs, lr=lr, batch=batch, calib_text=calib_text,
-                           n_samples=samples, seq_len=seq_len, checkpoint_dir=checkpoint,
+    report = finetune_gguf(gguf_file, model_dir, output, epochs=epochs, lr=lr, batch=batch,
+                           calib_text=list(calib_text), n_samples=samples, seq_len=seq_len, n_heldout=heldout, checkpoint_dir=checkpoint,
                            save_decoded=save_decoded, embedding_type=embedding_type, device=device)
     losses = report.losses
     tail = losses[-max(1, len(losses) // 8):]
+    if report.heldout:
+        click.echo(f"held-out KL {report.heldout[0]:.4f} before, {min(report.heldout):.4f} at step "
+                   f"{report.best_step} (the state written)")
     click.echo(f"wrote {report.gguf}: {report.steps} steps, KL {losses[0]:.4f} (first step) -> "
                f"{sum(tail) / len(tail):.4f} (mean of the last {len(tail)}), {report.seconds:.0f} s")
 
@@ -188,7 +201,8 @@ def methods():
 @cli.command()
 @click.argument("gguf_file", type=existing_file)
 @click.option("--text", default="evaluation", show_default=True,
-              help="'evaluation' (held-out default text), 'calibration', or a UTF-8 file.")
+              help="'evaluation' (a novel), 'evaluation-manual' (a technical manual), another default text by "
+                   "name, or a UTF-8 file.")
 @click.option("--ctx", default=512, show_default=True, help="Tokens per window.")
 @click.option("--chunks", type=int, default=None, help="Score only the first N windows.")
 @click.option("--threads", "-t", type=int, default=0, help="CPU threads (default: all cores).")

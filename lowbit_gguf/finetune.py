@@ -24,6 +24,7 @@ import gguf
 from lowbit_gguf.errors import BadGGUF, LowbitError
 
 SAVE_EVERY = 8  # optimizer steps between checkpoints
+EVAL_EVERY = 16  # optimizer steps between held-out checks (early stopping)
 # Cosine similarity a stored decode must have with the model's float weight: about 0.5 and more for 1-2 bit
 # AQLM layers, about 0 for another model's weight of the same shape.
 MIN_SIMILARITY = 0.2
@@ -34,6 +35,8 @@ class FinetuneReport:
     gguf: Path
     steps: int
     losses: list[float] = field(default_factory=list)  # KL per step (nats per token), resumed steps included
+    heldout: list[float] = field(default_factory=list)  # held-out KL before training and at every check
+    best_step: int = 0  # the step whose state was written (lowest held-out KL)
     seconds: float = 0.0
 
 
@@ -111,23 +114,26 @@ def load_norms(path: Path, reader: gguf.GGUFReader, model) -> None:
 
 
 def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, lr: float = 1e-4,
-                  batch: int = 2, calib_text: str = "calibration", n_samples: int = 128, seq_len: int = 512,
+                  batch: int = 2, calib_text: str | list[str] = "calibration", n_samples: int = 128,
+                  seq_len: int = 512, n_heldout: int = 8, patience: int = 3,
                   checkpoint_dir: Path | None = None, save_decoded: Path | None = None,
                   embedding_type: str = "q8_0", seed: int = 0, device: str = "cpu",
                   progress: bool = True) -> FinetuneReport:
     """Fine-tune the quantized GGUF `source` end to end against the float model in model_dir and write the
     result to out. Both models train on `device`. An interrupted run resumes from checkpoint_dir (default:
-    OUT.checkpoint), on any device."""
+    OUT.checkpoint), on any device. Every EVAL_EVERY steps the KL on the held-out windows is measured; the
+    state with the lowest is written, and training stops after `patience` checks without improvement."""
     from torch.func import functional_call
     from tqdm import tqdm
 
-    from lowbit_gguf.calibration import calibration_tokens, load_text
-    from lowbit_gguf.evaluate import hf_tokenize, load_hf_model
+    from lowbit_gguf.calibration import model_calibration_set
+    from lowbit_gguf.evaluate import load_hf_model
     from lowbit_gguf.gguf.convert import check_model_dir
     from lowbit_gguf.gguf.inspect import read_summary
     from lowbit_gguf.quantize import export_gguf
     from lowbit_gguf.files import save_torch
-    from lowbit_gguf.sequential import Checkpoint, tokens_fingerprint
+    from lowbit_gguf.sequential import Checkpoint
+    from lowbit_gguf.training import EarlyStopping
 
     started = time.time()
     source, model_dir, out = Path(source), Path(model_dir), Path(out)
@@ -140,7 +146,8 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     if not spec.finetune_keys or spec.unpack is None:
         raise LowbitError(f"{spec.name} files have nothing to fine-tune end to end (only AQLM's codebooks and "
                           "scales are trained, codes fixed)")
-    tokens = calibration_tokens(hf_tokenize(model_dir, load_text(calib_text)), n_samples, seq_len)
+    calibration = model_calibration_set(model_dir, calib_text, n_samples, seq_len, n_heldout)
+    tokens, heldout = calibration.train, calibration.heldout
     teacher = load_hf_model(model_dir).eval()
     student = load_hf_model(model_dir)
     layers = read_quantized_layers(source, reader, student, spec, config)
@@ -159,7 +166,8 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".checkpoint")
     Checkpoint(checkpoint_dir, {"stage": "end-to-end fine-tuning", "source": source.name,
                                 "source_bytes": source.stat().st_size, "epochs": epochs, "lr": lr, "batch": batch,
-                                "seed": seed, "calibration": tokens_fingerprint(tokens)})
+                                "seed": seed, "patience": patience,
+                                "calibration": calibration.fingerprint()})
     state_path = checkpoint_dir / "finetune.pt"
     losses, start = [], 0
     state = torch.load(state_path, weights_only=True, map_location=device) if state_path.exists() else None
@@ -171,9 +179,30 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     params = [t.requires_grad_(True) for entry in trainable.values() for t in entry.values()]
     params += [p.requires_grad_(True) for p in norms.values()]
     opt = torch.optim.Adam(params, lr=lr)
+    stopping = EarlyStopping(params, patience)
+    best_step = start
     if state is not None:
         opt.load_state_dict(state["optimizer"])
+        stopping.history, stopping.best_loss, stopping.since_best = (state["heldout"], state["best_loss"],
+                                                                      state["since_best"])
+        stopping.best_state, best_step = state["best_state"], state["best_step"]
 
+    def student_logits(ids):
+        weights = {f"{module}.weight": spec.decode({**layers[module].payload, **t}, config)
+                   for module, t in trainable.items()}
+        return functional_call(student, weights, (ids,), {"use_cache": False}).logits.float()
+
+    def heldout_kl() -> float:
+        with torch.no_grad():
+            total = 0.0
+            for k in range(0, len(heldout), batch):
+                ids = heldout[k:k + batch].to(device)
+                target = torch.log_softmax(teacher(ids, use_cache=False).logits.float(), dim=-1)
+                total += kl_per_token(student_logits(ids), target).item() * len(ids)
+            return total / len(heldout)
+
+    if len(heldout) and state is None:
+        stopping.update(heldout_kl())
     steps_per_epoch = math.ceil(len(tokens) / batch)
     total = epochs * steps_per_epoch
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"fine-tuning ({spec.name}, KL)", unit="step",
@@ -185,21 +214,31 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
         ids = tokens[order[k * batch:(k + 1) * batch]].to(device)
         with torch.no_grad():
             target = torch.log_softmax(teacher(ids, use_cache=False).logits.float(), dim=-1)
-        weights = {f"{module}.weight": spec.decode({**layers[module].payload, **t}, config)
-                   for module, t in trainable.items()}
-        logits = functional_call(student, weights, (ids,), {"use_cache": False}).logits.float()
-        loss = kl_per_token(logits, target)
+        loss = kl_per_token(student_logits(ids), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(kl=f"{losses[-1]:.4f}")
+        if len(heldout) and ((step + 1) % EVAL_EVERY == 0 or step + 1 == total):
+            stop = stopping.update(heldout_kl())
+            best_step = step + 1 if stopping.since_best == 0 else best_step
+            bar.set_postfix(kl=f"{losses[-1]:.4f}", heldout=f"{stopping.history[-1]:.4f}")
+            if stop:
+                break
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < total:
             save_torch({"step": step + 1, "losses": losses, "optimizer": opt.state_dict(),
                         "trainable": {m: {k: v.detach().cpu() for k, v in t.items()} for m, t in trainable.items()},
-                        "norms": {n: p.detach().cpu() for n, p in norms.items()}}, state_path,
-                       "the fine-tuning checkpoint")
+                        "norms": {n: p.detach().cpu() for n, p in norms.items()},
+                        "heldout": stopping.history, "best_loss": stopping.best_loss,
+                        "since_best": stopping.since_best, "best_step": best_step,
+                        "best_state": None if stopping.best_state is None else [t.cpu() for t in stopping.best_state]},
+                       state_path, "the fine-tuning checkpoint")
     bar.close()
+    if len(heldout):
+        stopping.restore_best()
+    else:
+        best_step = len(losses)
 
     student.eval().to("cpu")
     with torch.no_grad():
@@ -211,11 +250,14 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     metadata = {} if quantized_in is None else {"quantize_seconds": quantized_in.contents()}
     metadata["finetune"] = json.dumps({"source": source.name, "epochs": epochs, "lr": lr, "batch": batch,
                                         "samples": n_samples, "seq_len": seq_len, "kl_first": round(losses[0], 5),
-                                        "kl_last": round(losses[-1], 5), "seconds": round(time.time() - started, 1)})
+                                        "kl_last": round(losses[-1], 5), "best_step": best_step,
+                                        "heldout_kl": [round(x, 5) for x in stopping.history],
+                                        "seconds": round(time.time() - started, 1)})
     export_gguf(student, model_dir, layers, spec, config, out, metadata, save_decoded=save_decoded,
                 embedding_type=embedding_type, progress=progress)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return FinetuneReport(out, total, losses, time.time() - started)
+    return FinetuneReport(out, len(losses), losses, heldout=stopping.history, best_step=best_step,
+                          seconds=time.time() - started)
 
 
 def kl_per_token(logits: torch.Tensor, target_logprobs: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lowbit_gguf.calibration import calibration_tokens, load_text
-from lowbit_gguf.evaluate import hf_tokenize, load_hf_model
+from lowbit_gguf.calibration import DEFAULT_CALIBRATION, model_calibration_set
+from lowbit_gguf.evaluate import load_hf_model
 from lowbit_gguf.gguf.convert import check_model_dir, convert
 from lowbit_gguf.gguf.write import write_lowbit_gguf
 from lowbit_gguf.methods import get_method
@@ -31,7 +31,8 @@ class QuantizeReport:
 
 
 def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
-                        calib_text: str = "calibration", n_samples: int = 128, seq_len: int = 512,
+                        calib_text: str | list[str] = DEFAULT_CALIBRATION, n_samples: int = 128,
+                        seq_len: int = 512, n_heldout: int = 8,
                         device: str = "cpu", checkpoint_dir: Path | None = None,
                         save_decoded: Path | None = None, embedding_type: str = "q8_0",
                         progress: bool = True) -> QuantizeReport:
@@ -40,13 +41,13 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
     check_model_dir(model_dir)
     spec = get_method(method)
     parsed = spec.parse_config(config)
-    tokens = calibration_tokens(hf_tokenize(model_dir, load_text(calib_text)), n_samples, seq_len)
+    calibration = model_calibration_set(model_dir, calib_text, n_samples, seq_len, n_heldout)
     model = load_hf_model(model_dir)
     # An interrupted run leaves its checkpoint beside the output; running the same command resumes it.
     checkpoint_dir = checkpoint_dir or out.with_name(out.name + ".checkpoint")
     if spec.preprocess is not None:
-        spec.preprocess(model, tokens, parsed, device, progress, checkpoint_dir / "preprocess")
-    result = quantize_model(model, tokens, spec, parsed, device=device, checkpoint_dir=checkpoint_dir,
+        spec.preprocess(model, calibration, parsed, device, progress, checkpoint_dir / "preprocess")
+    result = quantize_model(model, calibration, spec, parsed, device=device, checkpoint_dir=checkpoint_dir,
                             progress=progress)
     # A resumed run's time includes the blocks that earlier runs finished (not their lost partial blocks).
     export_gguf(model, model_dir, result.layers, spec, parsed, out,

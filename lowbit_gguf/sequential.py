@@ -24,7 +24,9 @@ from tqdm import tqdm
 
 from lowbit_gguf.errors import LowbitError, UnsupportedModel
 from lowbit_gguf.files import save_torch
+from lowbit_gguf.calibration import CalibrationSet
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear
+from lowbit_gguf.training import BlockData, batch_kwargs
 
 
 class _StopForward(Exception):
@@ -76,19 +78,6 @@ def _to(obj, device):
     if isinstance(obj, dict):
         return {k: _to(v, device) for k, v in obj.items()}
     return obj
-
-
-def batch_kwargs(kwargs: dict, start: int, stop: int, n_seq: int) -> dict:
-    """Slice per-sequence tensors (batch dim == n_seq) to one mini-batch; shared ones pass as they are."""
-
-    def cut(v):
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n_seq and n_seq > 1:
-            return v[start:stop]
-        if isinstance(v, tuple):
-            return tuple(cut(x) for x in v)
-        return v
-
-    return {k: cut(v) for k, v in kwargs.items()}
 
 
 @torch.no_grad()
@@ -204,17 +193,28 @@ def tokens_fingerprint(tokens: torch.Tensor) -> str:
     return hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
 
 
+def as_calibration(calibration: CalibrationSet | torch.Tensor) -> CalibrationSet:
+    """A bare [n, seq_len] token tensor is a calibration set without held-out windows."""
+    if isinstance(calibration, CalibrationSet):
+        return calibration
+    return CalibrationSet(calibration, calibration[:0], ["tokens"] * len(calibration), [])
+
+
 def _check_finite(name: str, tensor: torch.Tensor, what: str) -> None:
     if not torch.isfinite(tensor).all():
         bad = (~torch.isfinite(tensor)).sum().item()
         raise LowbitError(f"{name}: {what} has {bad} NaN or infinite values; the model cannot be quantized")
 
 
-def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodSpec, config,
+def quantize_model(model: nn.Module, calibration: CalibrationSet | torch.Tensor, method: MethodSpec, config,
                    device: str = "cpu", batch_size: int = 8, checkpoint_dir: Path | None = None,
                    progress: bool = True) -> QuantizationResult:
-    """Quantize every linear layer of every block in place (weights become the reference decode)."""
+    """Quantize every linear layer of every block in place (weights become the reference decode).
+    The input statistics come from the calibration set's training windows; its held-out windows only judge
+    block training (early stopping)."""
     blocks = decoder_blocks(model)
+    calibration = as_calibration(calibration)
+    calib_tokens, n_train = calibration.tokens, calibration.n_train
     config_dict = asdict(config)
     result = QuantizationResult(method.name, config_dict)
     checkpoint = None
@@ -241,7 +241,8 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
         block_started = time.time()
         block = blocks[i].to(device)
         linears = block_linears(block)
-        statistics = (collect_input_statistics(block, hidden, kwargs, batch_size, method.input_statistic)
+        statistics = (collect_input_statistics(block, hidden[:n_train], batch_kwargs(kwargs, 0, n_train, len(hidden)),
+                                               batch_size, method.input_statistic)
                       if method.input_statistic else dict.fromkeys(linears))
         targets = _run_block(block, hidden, kwargs, batch_size) if method.finetune_block else None
         float_targets = _run_block(block, float_hidden, kwargs, batch_size) if float_hidden is not None else None
@@ -257,7 +258,7 @@ def quantize_model(model: nn.Module, calib_tokens: torch.Tensor, method: MethodS
             block_results[full] = q
         if method.finetune_block:
             local = {name: block_results[f"model.layers.{i}.{name}"] for name in linears}
-            method.finetune_block(block, local, hidden, targets, kwargs, config, float_targets)
+            method.finetune_block(block, local, BlockData(hidden, targets, kwargs, n_train, float_targets), config)
             for name, linear in linears.items():
                 linear.weight.data.copy_(local[name].decoded.to(linear.weight.dtype))
             del targets

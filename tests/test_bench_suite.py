@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lowbit_gguf.bench_suite import ROW_KEYS, SuiteSettings, format_markdown, run_suite
+from lowbit_gguf.bench_suite import ROW_KEYS, SuiteSettings, flag_overfit, format_markdown, run_suite
 
 pytestmark = [pytest.mark.runtime, pytest.mark.model]
 
@@ -20,20 +20,28 @@ def test_quick_suite_produces_consistent_reports(tmp_path, runtime_build, defaul
     f16, q8, iq2 = by_name["F16"], by_name["Q8_0"], by_name["IQ2_XXS"]
     assert f16["kld"] == 0 and f16["bpw_linear"] == 16
     assert q8["bpw_linear"] == pytest.approx(8.5)
-    assert q8["ppl"] == pytest.approx(f16["ppl"], rel=0.02) and q8["kld"] < 0.02
-    assert iq2["bpw_linear"] < 5 and iq2["kld"] > q8["kld"] and iq2["ppl"] > q8["ppl"]
+    for suffix in ("", "_manual"):  # both evaluation texts
+        assert q8[f"ppl{suffix}"] == pytest.approx(f16[f"ppl{suffix}"], rel=0.02) and q8[f"kld{suffix}"] < 0.02
+        assert iq2[f"kld{suffix}"] > q8[f"kld{suffix}"] and iq2[f"ppl{suffix}"] > q8[f"ppl{suffix}"]
+    assert f16["ppl"] != f16["ppl_manual"]
+    assert iq2["bpw_linear"] < 5 and not any(r["overfit"] for r in rows[:2])
     assert by_name["rtn w4g32"]["bpw_linear"] == pytest.approx(5.0)
     assert all(r["tg128"] > 0 and r["pp512"] > 0 for r in rows)
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert "| IQ2_XXS | llama.cpp |" in (tmp_path / "bench.md").read_text()
 
 
-def test_markdown_lists_every_row():
-    rows = [dict(zip(ROW_KEYS, ["A", "fam", 2.0, 2.5, 10.0, 0.1, 50.0, 300.0, 12.0]))]
+def test_markdown_lists_every_row_and_flags_overfit_files():
+    rows = [dict(zip(ROW_KEYS, ["F16", "llama.cpp", 16.0, 16.0, 10.0, 0.0, 5.0, 0.0, False, 80.0, 500.0, 1.0])),
+            dict(zip(ROW_KEYS, ["A", "fam", 2.0, 2.5, 20.0, 0.1, 12.0, 0.2, False, 50.0, 300.0, 12.0])),
+            dict(zip(ROW_KEYS, ["B", "fam", 2.0, 2.5, 20.0, 0.1, 13.0, 0.2, False, 50.0, 300.0, 12.0]))]
+    flag_overfit(rows)  # A: 2.0 then 2.4 (within 1.25 x), B: 2.0 then 2.6
+    assert [r["overfit"] for r in rows] == [False, False, True]
     stamp = {"model": "m", "upstream": "u", "patch_hash": "p", "machine": "x", "date": "d",
              "settings": SuiteSettings().__dict__}
     text = format_markdown(rows, stamp)
-    assert "| A | fam | 2.000 | 2.500 | 10.000 | 0.1000 | 50.0 | 300.0 | 12 |" in text
+    assert "| A | fam | 2.000 | 2.500 | 20.000 (2.00) | 0.1000 | 12.000 (2.40) | 0.2000 | 50.0 | 300.0 | 12 |" in text
+    assert "| B **overfit** | fam |" in text
 
 
 def test_added_file_takes_method_and_time_from_metadata(tmp_path):

@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.model]
 
 # One calibration sequence seen 12 times: the KL on it must fall (a random tiny model's KL is too small to
 # show a gain on unseen text within a test's budget).
-TUNING = dict(n_samples=1, seq_len=128, batch=1, lr=1e-4, epochs=12, embedding_type="f16", progress=False)
+TUNING = dict(n_samples=1, seq_len=128, n_heldout=0, batch=1, lr=1e-4, epochs=12, embedding_type="f16",
+              progress=False)
 
 
 def float_dir(tiny):
@@ -69,12 +70,11 @@ def tuned(tiny_aqlm, tmp_path_factory):
 
 
 def test_finetuning_lowers_kl_and_keeps_the_codes(tiny_aqlm, tuned):
-    from lowbit_gguf.calibration import calibration_tokens, load_text
-    from lowbit_gguf.evaluate import hf_tokenize
+    from lowbit_gguf.calibration import model_calibration_set
 
     report, decoded = tuned
     assert report.steps == 12 and len(report.losses) == 12
-    tokens = calibration_tokens(hf_tokenize(float_dir(tiny_aqlm), load_text("calibration")), 1, 128)
+    tokens = model_calibration_set(float_dir(tiny_aqlm), n_samples=1, seq_len=128, n_heldout=0).train
     before = kl_to_float(float_dir(tiny_aqlm), tiny_aqlm[1], tokens)
     after = kl_to_float(float_dir(tiny_aqlm), decoded, tokens)
     assert report.losses[0] == pytest.approx(before, rel=1e-3)  # training starts from the file as it is
@@ -96,6 +96,22 @@ def test_finetuning_lowers_kl_and_keeps_the_codes(tiny_aqlm, tuned):
 @pytest.mark.runtime
 def test_tuned_file_runs_like_its_reference_decode(tuned, runtime_build):
     check_logits(tuned[0].gguf, tuned[1], token_by_token=2)
+
+
+def test_finetuning_stops_early_and_writes_its_best_state(tiny_aqlm, tmp_path, monkeypatch):
+    """A learning rate far too high makes the held-out KL worse at the first check: training stops there and the
+    file written is the state before training, which did best on the held-out windows."""
+    import lowbit_gguf.finetune as ft
+
+    monkeypatch.setattr(ft, "EVAL_EVERY", 4)
+    settings = {**TUNING, "n_heldout": 2, "lr": 0.3, "epochs": 40, "patience": 1}
+    report = ft.finetune_gguf(tiny_aqlm[0], float_dir(tiny_aqlm), tmp_path / "t.gguf", **settings)
+    assert report.steps == 4 and report.best_step == 0 and len(report.heldout) == 2
+    assert report.heldout[1] > report.heldout[0]
+    source = {t.name: t for t in gguf.GGUFReader(tiny_aqlm[0]).tensors}
+    for t in gguf.GGUFReader(report.gguf).tensors:
+        if ".codebook" in t.name or ".row_scale" in t.name or "norm" in t.name:
+            assert np.array_equal(t.data, source[t.name].data), t.name
 
 
 def test_interrupted_finetuning_resumes_to_the_same_file(tiny_aqlm, tuned, tmp_path, monkeypatch):

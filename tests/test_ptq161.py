@@ -10,6 +10,7 @@ from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.types import SALIENT_MASK, SALIENT_SPILL
 from lowbit_gguf.methods import get_method
 from lowbit_gguf.methods.ptq161 import PTQ161Config, bits_per_weight, n_salient
+from lowbit_gguf.training import BlockData
 from conftest import random_ptq161_payload
 
 
@@ -93,7 +94,7 @@ def test_block_training_brings_the_block_closer_to_the_float_block(tmp_path):
         return ((_run_block(block, hidden, kwargs, 8) - target).pow(2).mean() / target.pow(2).mean()).item()
 
     before = error()
-    spec.finetune_block(block, results, hidden, target, kwargs, config, target)
+    spec.finetune_block(block, results, BlockData(hidden, target, kwargs, len(hidden), target), config)
     after = error()
     assert after < 0.9 * before, (before, after)
     for r in results.values():  # the payload holds what was trained; decoded is its decode
@@ -114,9 +115,9 @@ def test_driver_gives_activation_maxima_and_float_targets_and_resumes(tmp_path):
         seen["stats"].append(statistic)
         return ptq.quantize(weight, statistic, cfg)
 
-    def record_finetune(block, results, inputs, targets, kwargs, cfg, float_targets):
-        seen["float"].append(float_targets)
-        ptq.finetune_block(block, results, inputs, targets, kwargs, cfg, float_targets)
+    def record_finetune(block, results, data, cfg):
+        seen["float"].append(data.float_targets)
+        ptq.finetune_block(block, results, data, cfg)
 
     spec = replace(ptq, name="rec", quantize=record_quantize, finetune_block=record_finetune)
     full = make_tiny_llama(tmp_path / "a", layers=2)

@@ -142,8 +142,8 @@ def test_resume_restores_parameters_changed_by_block_finetuning(tmp_path):
     rtn = get_method("rtn")
     config = rtn.parse_config("w4g32")
 
-    def bump_norms(block, results, inputs, targets, kwargs, cfg, float_targets):
-        assert targets.shape == inputs.shape
+    def bump_norms(block, results, data, cfg):
+        assert data.targets.shape == data.inputs.shape
         for name, p in block.named_parameters():
             if "norm" in name:
                 p.data.mul_(1.25)

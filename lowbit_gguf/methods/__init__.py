@@ -41,12 +41,12 @@ class MethodSpec:
     bench_configs: tuple[str, ...] = ()  # the configs `lowbit-gguf bench-suite` compares
     # After a block's linears are quantized: tune the block against its float outputs, updating the
     # results (payload and decoded) and the block's other parameters in place.
-    # finetune_block(block, results by module name in the block, inputs, targets, block kwargs, config,
-    #                float_targets): targets = the float block on the (quantized) inputs; float_targets = the
-    #                float block on the float model's own activations, tracked only when wants_float_targets.
+    # finetune_block(block, results by module name in the block, lowbit_gguf.training.BlockData, config):
+    #   the data's targets are the float block on the (quantized) inputs; its float_targets the float block on the
+    #   float model's own activations, tracked only when wants_float_targets; its held-out rows judge early stopping.
     finetune_block: Callable | None = None
     wants_float_targets: bool = False
-    # preprocess(model, calibration tokens, config, device, progress, checkpoint_dir): an optional stage that changes
+    # preprocess(model, CalibrationSet, config, device, progress, checkpoint_dir): an optional stage that changes
     # the float model's weights in place before the sequential driver quantizes it (None: no such stage); it keeps
     # its progress in checkpoint_dir (None: nowhere) so an interrupted run resumes it.
     preprocess: Callable | None = None

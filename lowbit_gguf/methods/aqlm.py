@@ -9,7 +9,8 @@ shuffled order, codebooks in turn, all output rows at once) until the relative g
 Codebooks and scales are stored in f16; the decode uses the stored values.
 
 After all linears of a block are quantized, its codebooks, scales and norms are fine-tuned (codes fixed)
-to match the float block's outputs on the calibration activations.
+to match the float block's outputs on the calibration activations, keeping the state that does best on the
+held-out windows.
 
 In GGUF a weight is its codes in one of the AQLM tensor types (aqlm_1x16, aqlm_2x8, aqlm_1x8, groups of
 8), with the codebooks and row scales as side tensors (pack below; lowbit_gguf.gguf.types).
@@ -25,6 +26,7 @@ import torch
 
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
 from lowbit_gguf.nearest import nearest_codewords
+from lowbit_gguf.training import BlockData, train_block
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class AQLMConfig:
     lr: float = 1e-3
     rel_tol: float = 1e-3  # stop when a round improves the objective by less than this fraction
     kmeans_iters: int = 20
-    finetune_epochs: int = 3  # block fine-tuning passes over the calibration set (0: off)
+    finetune_epochs: int = 3  # most block fine-tuning passes over the calibration set (0: off)
+    finetune_patience: int = 1  # epochs without a better held-out loss before block fine-tuning stops
     finetune_lr: float = 1e-4
     finetune_batch: int = 8
     seed: int = 0
@@ -215,16 +218,12 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: AQLMConfig) ->
     return QuantizedLinear(payload, decode(payload, config), bits_per_weight(config, d_out, d_in))
 
 
-def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Tensor, targets: torch.Tensor,
-                   kwargs: dict, config: AQLMConfig, float_targets=None) -> None:
+def finetune_block(block, results: dict[str, QuantizedLinear], data: BlockData, config: AQLMConfig) -> None:
     """Adam on every linear's codebooks and scales and on the block's norms, codes fixed, minimising the
-    relative MSE between the quantized block's outputs and the float block's (targets)."""
+    relative MSE between the quantized block's outputs and the float block's (data.targets), stopped early
+    on the held-out windows."""
     if config.finetune_epochs <= 0:
         return
-    from torch.func import functional_call
-
-    from lowbit_gguf.sequential import batch_kwargs
-
     trainable = {name: {"codebooks": r.payload["codebooks"].float().requires_grad_(True),
                         "scales": r.payload["scales"].float().requires_grad_(True)} for name, r in results.items()}
     norms = [p for name, p in block.named_parameters() if "norm" in name]
@@ -233,22 +232,17 @@ def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Ten
         p.requires_grad_(True)
     params = [t for entry in trainable.values() for t in entry.values()] + norms
     opt = torch.optim.Adam(params, lr=config.finetune_lr)
-    n_seq = inputs.shape[0]
-    scale = targets.pow(2).mean()
-    gen = torch.Generator().manual_seed(config.seed)
-    with torch.enable_grad():
-        for _ in range(config.finetune_epochs):
-            starts = list(range(0, n_seq, config.finetune_batch))
-            for start in (starts[k] for k in torch.randperm(len(starts), generator=gen, device=gen.device).tolist()):
-                stop = min(start + config.finetune_batch, n_seq)
-                weights = {f"{name}.weight": decode({"codes": results[name].payload["codes"], **t}, config)
-                           for name, t in trainable.items()}
-                out = functional_call(block, weights, (inputs[start:stop],), batch_kwargs(kwargs, start, stop, n_seq))
-                out = out[0] if isinstance(out, tuple) else out
-                loss = (out - targets[start:stop]).pow(2).mean() / scale
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+    scale = data.targets[:data.n_train].pow(2).mean()
+
+    def weights():
+        return {f"{name}.weight": decode({"codes": results[name].payload["codes"], **t}, config)
+                for name, t in trainable.items()}
+
+    def loss(out, rows):
+        return (out - data.targets[rows]).pow(2).mean() / scale
+
+    train_block(block, params, opt, weights, loss, data, epochs=config.finetune_epochs,
+                batch=config.finetune_batch, seed=config.seed, patience=config.finetune_patience)
     for p, flag in zip(norms, was_trainable):
         p.requires_grad_(flag)
     for name, t in trainable.items():

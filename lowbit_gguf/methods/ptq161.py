@@ -18,8 +18,8 @@ d_out * d_in weights, so the mask needs no change to the graph.
 
 Optional preprocessing (the paper's restorative LoRA, lora_rank > 0, off by default: it quantizes the model
 twice): quantize a copy, train a low-rank adapter on every linear of the quantized copy (next-token loss on
-the calibration text, quantized weights frozen), add the adapters to the float model's weights, and quantize
-that merged model.
+the calibration text, quantized weights frozen, the adapters kept where the held-out loss is lowest), add them
+to the float model's weights, and quantize that merged model.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
+from lowbit_gguf.training import BlockData, train_block
 
 SALIENT_BITS = 4
 SALIENT_LEVELS = 2**SALIENT_BITS - 1
@@ -39,8 +40,9 @@ SALIENT_LEVELS = 2**SALIENT_BITS - 1
 @dataclass(frozen=True)
 class PTQ161Config:
     salient_ratio: float = 0.2  # fraction of input channels kept in 4 bits (rounded to a multiple of 8)
-    epochs: int = 8  # block training passes over the calibration set (0: off)
-    lr: float = 5e-3  # 8 epochs at 5e-3: PPL 145.8 vs 196.8 with 4 at 2e-3 (SmolLM2, s20)
+    epochs: int = 8  # most block training passes over the calibration set (0: off)
+    patience: int = 1  # epochs without a better held-out loss before block training stops
+    lr: float = 5e-3
     batch: int = 4  # calibration sequences per training step
     weight_decay: float = 0.0  # AdamW's; r1 and r2 start at 1, so decay towards 0 would be a bias
     seed: int = 0
@@ -48,6 +50,7 @@ class PTQ161Config:
     lora_steps: int = 64
     lora_lr: float = 5e-4
     lora_batch: int = 2
+    lora_patience: int = 3  # held-out checks (every LORA_SAVE_EVERY steps) without improvement before it stops
 
     def __post_init__(self):
         if not 0 < self.salient_ratio < 1:
@@ -149,22 +152,16 @@ def _block_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return mse - torch.log(cos.clamp_min(1e-6))
 
 
-def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Tensor, targets: torch.Tensor,
-                   kwargs: dict, config: PTQ161Config, float_targets: torch.Tensor | None = None) -> None:
+def finetune_block(block, results: dict[str, QuantizedLinear], data: BlockData, config: PTQ161Config) -> None:
     """AdamW on every linear's alpha, r1 and r2 (signs, salient codes and mu fixed), against the float
-    block's outputs on the float activations (float_targets) and on the quantized ones (targets)."""
+    block's outputs on the float activations (data.float_targets) and on the quantized ones (data.targets),
+    stopped early on the held-out windows."""
     if config.epochs <= 0:
         return
-    from torch.func import functional_call
-
-    from lowbit_gguf.sequential import batch_kwargs
-
     trainable = {name: {k: r.payload[k].float().clone().requires_grad_(True) for k in ("alpha", "r1", "r2")}
                  for name, r in results.items()}
-    opt = torch.optim.AdamW([t for entry in trainable.values() for t in entry.values()], lr=config.lr,
-                            weight_decay=config.weight_decay)
-    n_seq = inputs.shape[0]
-    gen = torch.Generator().manual_seed(config.seed)
+    params = [t for entry in trainable.values() for t in entry.values()]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def weights():
         out = {}
@@ -176,20 +173,14 @@ def finetune_block(block, results: dict[str, QuantizedLinear], inputs: torch.Ten
                                              t["r2"])
         return out
 
-    with torch.enable_grad():
-        for _ in range(config.epochs):
-            starts = list(range(0, n_seq, config.batch))
-            for start in (starts[k] for k in torch.randperm(len(starts), generator=gen, device=gen.device).tolist()):
-                stop = min(start + config.batch, n_seq)
-                out = functional_call(block, weights(), (inputs[start:stop],),
-                                      batch_kwargs(kwargs, start, stop, n_seq))
-                out = out[0] if isinstance(out, tuple) else out
-                loss = _block_loss(out, targets[start:stop])
-                if float_targets is not None:
-                    loss = loss + _block_loss(out, float_targets[start:stop])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+    def loss(out, rows):
+        value = _block_loss(out, data.targets[rows])
+        if data.float_targets is not None:
+            value = value + _block_loss(out, data.float_targets[rows])
+        return value
+
+    train_block(block, params, opt, weights, loss, data, epochs=config.epochs, batch=config.batch,
+                seed=config.seed, patience=config.patience)
     for name, t in trainable.items():
         payload = results[name].payload
         for k, v in t.items():
@@ -239,7 +230,7 @@ class _LoRALinear(torch.nn.Module):
 LORA_SAVE_EVERY = 16  # adapter training steps between checkpoints
 
 
-def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: str = "cpu",
+def restorative_lora(model, calibration, config: PTQ161Config, device: str = "cpu",
                      progress: bool = True, checkpoint_dir=None) -> None:
     """The paper's quantization preprocessing: quantize a copy of the model, train low-rank adapters on the
     quantized copy, and add them to `model`'s float weights (in place). Off when config.lora_rank is 0.
@@ -251,17 +242,18 @@ def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: 
     from pathlib import Path
 
     from lowbit_gguf.files import save_torch
-    from lowbit_gguf.sequential import Checkpoint, block_linears, decoder_blocks, tokens_fingerprint
+    from lowbit_gguf.sequential import Checkpoint, as_calibration, block_linears, decoder_blocks
 
+    calibration = as_calibration(calibration)
     folder = None
     if checkpoint_dir is not None:
         folder = Path(checkpoint_dir)
         Checkpoint(folder, {"stage": "restorative LoRA", "config": asdict(config),
-                            "calibration": tokens_fingerprint(tokens)})  # refuses another run's folder
+                            "calibration": calibration.fingerprint()})  # refuses another run's folder
     if folder is not None and (folder / "deltas.pt").exists():
         deltas = torch.load(folder / "deltas.pt", weights_only=True)
     else:
-        deltas = _train_lora_deltas(model, tokens, config, device, progress, folder)
+        deltas = _train_lora_deltas(model, calibration, config, device, progress, folder)
         if folder is not None:
             save_torch(deltas, folder / "deltas.pt", "the restorative LoRA's weight changes")
     with torch.no_grad():
@@ -270,8 +262,10 @@ def restorative_lora(model, tokens: torch.Tensor, config: PTQ161Config, device: 
                 linear.weight += deltas[f"{i}.{name}"].to(linear.weight.dtype)
 
 
-def _train_lora_deltas(model, tokens, config: PTQ161Config, device: str, progress: bool, folder) -> dict:
-    """{"block.linear": B A} of adapters trained with the next-token loss on a quantized copy of model."""
+def _train_lora_deltas(model, calibration, config: PTQ161Config, device: str, progress: bool, folder) -> dict:
+    """{"block.linear": B A} of adapters trained with the next-token loss on a quantized copy of model, the
+    ones with the lowest held-out loss (judged every LORA_SAVE_EVERY steps) when the calibration set has
+    held-out windows."""
     import copy
     from dataclasses import replace
 
@@ -279,10 +273,11 @@ def _train_lora_deltas(model, tokens, config: PTQ161Config, device: str, progres
 
     from lowbit_gguf.files import save_torch
     from lowbit_gguf.sequential import block_linears, decoder_blocks, quantize_model
+    from lowbit_gguf.training import EarlyStopping
 
     quantized = copy.deepcopy(model)
-    quantize_model(quantized, tokens, replace(METHOD, preprocess=None), config, device=device, progress=progress,
-                   checkpoint_dir=None if folder is None else folder / "first_pass")
+    quantize_model(quantized, calibration, replace(METHOD, preprocess=None), config, device=device,
+                   progress=progress, checkpoint_dir=None if folder is None else folder / "first_pass")
     gen = torch.Generator().manual_seed(config.seed)
     adapters = {}
     for i, block in enumerate(decoder_blocks(quantized)):
@@ -299,7 +294,14 @@ def _train_lora_deltas(model, tokens, config: PTQ161Config, device: str, progres
         t.requires_grad_(True)
     quantized.to(device).train()
     opt = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=0.0)
-    tokens = tokens.to(device)
+    tokens, heldout = calibration.train.to(device), calibration.heldout.to(device)
+    stopping = EarlyStopping(params, patience=config.lora_patience)
+
+    def heldout_loss() -> float:
+        with torch.no_grad():
+            return sum(quantized(heldout[k:k + config.lora_batch], labels=heldout[k:k + config.lora_batch],
+                                 use_cache=False).loss.item() * len(heldout[k:k + config.lora_batch])
+                       for k in range(0, len(heldout), config.lora_batch)) / len(heldout)
 
     state_path = None if folder is None else folder / "adapters.pt"
     start = 0
@@ -312,6 +314,10 @@ def _train_lora_deltas(model, tokens, config: PTQ161Config, device: str, progres
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         start = state["step"]
+        stopping.best_loss, stopping.since_best = state["best_loss"], state["since_best"]
+        stopping.best_state = state["best_state"]
+    elif len(heldout):
+        stopping.update(heldout_loss())
 
     bar = tqdm(range(start, config.lora_steps), initial=start, total=config.lora_steps, desc="restorative LoRA",
                unit="step", disable=not progress)
@@ -322,10 +328,22 @@ def _train_lora_deltas(model, tokens, config: PTQ161Config, device: str, progres
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if state_path is not None and (step + 1) % LORA_SAVE_EVERY == 0 and step + 1 < config.lora_steps:
-            save_torch({"step": step + 1, "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                        "adapters": {k: {"a": a.a.detach().cpu(), "b": a.b.detach().cpu()}
-                                     for k, a in adapters.items()}}, state_path, "the LoRA adapters' checkpoint")
+        if (step + 1) % LORA_SAVE_EVERY == 0 or step + 1 == config.lora_steps:
+            stop = len(heldout) > 0 and stopping.update(heldout_loss())
+            if len(heldout):
+                bar.set_postfix(loss=f"{loss.item():.3f}", heldout=f"{stopping.history[-1]:.3f}")
+            if stop:
+                break
+            if state_path is not None and step + 1 < config.lora_steps:
+                save_torch({"step": step + 1, "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                            "adapters": {k: {"a": a.a.detach().cpu(), "b": a.b.detach().cpu()}
+                                         for k, a in adapters.items()},
+                            "best_loss": stopping.best_loss, "since_best": stopping.since_best,
+                            "best_state": [t.cpu() for t in stopping.best_state or []] or None},
+                           state_path, "the LoRA adapters' checkpoint")
+    bar.close()
+    if len(heldout):
+        stopping.restore_best()
     return {key: (a.b @ a.a).detach().cpu() for key, a in adapters.items()}
 
 

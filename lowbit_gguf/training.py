@@ -1,0 +1,115 @@
+"""The training loops every method shares: block training against the float block, and early stopping.
+
+A block is trained on the calibration set's training windows and judged after every epoch on its held-out
+windows (lowbit_gguf.calibration); the state with the lowest held-out loss is kept, and training stops once
+`patience` epochs in a row fail to improve it. Without held-out windows every epoch runs and the last state is
+kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BlockData:
+    """What one block is trained on. Rows [0, n_train) are training windows, the rest held-out ones."""
+
+    inputs: torch.Tensor  # [n_seq, seq_len, d]: the quantized model's activations entering the block
+    targets: torch.Tensor  # [n_seq, seq_len, d]: the float block applied to inputs
+    kwargs: dict  # the model's keyword arguments for its blocks, for n_seq sequences
+    n_train: int
+    float_targets: torch.Tensor | None = None  # the float block on the float model's own activations
+
+    @property
+    def n_seq(self) -> int:
+        return self.inputs.shape[0]
+
+
+@dataclass
+class EarlyStopping:
+    """Keeps the best state seen by a held-out loss and says when to stop (patience evaluations without
+    improvement). Tensors are snapshotted by value."""
+
+    params: list[torch.Tensor]
+    patience: int = 1
+    best_loss: float = float("inf")
+    best_state: list[torch.Tensor] | None = None
+    since_best: int = 0
+    history: list[float] = field(default_factory=list)
+
+    def update(self, loss: float) -> bool:
+        """Record a held-out loss of the current state; True when training should stop."""
+        self.history.append(loss)
+        if loss < self.best_loss:
+            self.best_loss, self.since_best = loss, 0
+            self.best_state = [p.detach().clone() for p in self.params]
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            with torch.no_grad():
+                for p, best in zip(self.params, self.best_state):
+                    p.copy_(best)
+
+
+def batch_kwargs(kwargs: dict, start: int, stop: int, n_seq: int) -> dict:
+    """Slice per-sequence tensors (batch dim == n_seq) to one mini-batch; shared ones pass as they are."""
+
+    def cut(v):
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n_seq and n_seq > 1:
+            return v[start:stop]
+        if isinstance(v, tuple):
+            return tuple(cut(x) for x in v)
+        return v
+
+    return {k: cut(v) for k, v in kwargs.items()}
+
+
+def train_block(block: nn.Module, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                weights: Callable[[], dict[str, torch.Tensor]],
+                loss_fn: Callable[[torch.Tensor, slice], torch.Tensor], data: BlockData, *, epochs: int,
+                batch: int, seed: int, patience: int = 1) -> EarlyStopping:
+    """Train `params` (read through weights(), the block's linear weights by parameter name) for up to `epochs`
+    passes of shuffled mini-batches over data's training rows; loss_fn(block output, rows) is the loss of
+    those rows. Returns the early-stopping record; the parameters end at the best held-out state."""
+    from torch.func import functional_call
+
+    def forward(start: int, stop: int) -> torch.Tensor:
+        out = functional_call(block, weights(), (data.inputs[start:stop],),
+                              batch_kwargs(data.kwargs, start, stop, data.n_seq))
+        return out[0] if isinstance(out, tuple) else out
+
+    def heldout_loss() -> float:
+        with torch.no_grad():
+            total = 0.0
+            for start in range(data.n_train, data.n_seq, batch):
+                stop = min(start + batch, data.n_seq)
+                total += loss_fn(forward(start, stop), slice(start, stop)).item() * (stop - start)
+            return total / (data.n_seq - data.n_train)
+
+    stopping = EarlyStopping(params, patience)
+    has_heldout = data.n_seq > data.n_train
+    if has_heldout:
+        stopping.update(heldout_loss())
+    gen = torch.Generator().manual_seed(seed)
+    starts = list(range(0, data.n_train, batch))
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for k in torch.randperm(len(starts), generator=gen, device=gen.device).tolist():
+                start, stop = starts[k], min(starts[k] + batch, data.n_train)
+                loss = loss_fn(forward(start, stop), slice(start, stop))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            if has_heldout and stopping.update(heldout_loss()):
+                break
+    if has_heldout:
+        stopping.restore_best()
+    return stopping
