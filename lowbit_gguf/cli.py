@@ -117,7 +117,7 @@ def calibration_options(command):
         click.option("--samples", default=128, show_default=True, help="Calibration sequences to train on."),
         click.option("--seq-len", default=512, show_default=True, help="Tokens per calibration sequence."),
         click.option("--heldout", default=8, show_default=True,
-                     help="Held-out sequences (from the last 10%% of each text) that stop training early; 0: none."),
+                     help="Held-out sequences (from the last 10% of each text) that stop training early; 0: none."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -158,6 +158,8 @@ def quantize(model_dir, method, config, output, calib_text, samples, seq_len, he
 @click.option("--epochs", default=1, show_default=True, help="Passes over the calibration sequences.")
 @click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate.")
 @click.option("--batch", default=2, show_default=True, help="Sequences per step.")
+@click.option("--patience", default=3, show_default=True,
+              help="Held-out checks (every 16 steps) without a lower KL before training stops.")
 @calibration_options
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Resume folder (default: OUTPUT.checkpoint); rerun the same command to resume.")
@@ -166,7 +168,7 @@ def quantize(model_dir, method, config, output, calib_text, samples, seq_len, he
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
               help="Type of the token embeddings and output head.")
 @click.option("--device", default="cpu", show_default=True, help="Compute device for both models (e.g. cuda).")
-def finetune(gguf_file, model_dir, output, epochs, lr, batch, calib_text, samples, seq_len, heldout, checkpoint,
+def finetune(gguf_file, model_dir, output, epochs, lr, batch, patience, calib_text, samples, seq_len, heldout, checkpoint,
              save_decoded, embedding_type, device):
     """Fine-tune a quantized GGUF end to end against its float MODEL_DIR and write a new GGUF.
 
@@ -175,7 +177,7 @@ def finetune(gguf_file, model_dir, output, epochs, lr, batch, calib_text, sample
     and speed."""
     from lowbit_gguf.finetune import finetune_gguf
 
-    report = finetune_gguf(gguf_file, model_dir, output, epochs=epochs, lr=lr, batch=batch,
+    report = finetune_gguf(gguf_file, model_dir, output, epochs=epochs, lr=lr, batch=batch, patience=patience,
                            calib_text=list(calib_text), n_samples=samples, seq_len=seq_len, n_heldout=heldout, checkpoint_dir=checkpoint,
                            save_decoded=save_decoded, embedding_type=embedding_type, device=device)
     losses = report.losses

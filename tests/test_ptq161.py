@@ -175,6 +175,36 @@ def test_restorative_lora_adds_low_rank_updates_that_help_the_quantized_model(tm
     assert quantized_loss(model) < plain  # the preprocessed model quantizes to a better fit of the text
 
 
+def test_restorative_lora_keeps_the_adapters_best_on_held_out_windows(tmp_path, monkeypatch):
+    """A learning rate far too high makes the held-out loss worse at the first check: training stops there and
+    the adapters kept are the untrained ones (B = 0), so the float weights do not change."""
+    from conftest import make_tiny_llama
+    from lowbit_gguf.calibration import CalibrationSet
+    from lowbit_gguf.methods import ptq161
+    from lowbit_gguf.sequential import block_linears, decoder_blocks
+
+    monkeypatch.setattr(ptq161, "LORA_SAVE_EVERY", 2)
+    tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(7))
+    calibration = CalibrationSet(tokens[:6], tokens[6:], ["t"] * 6, ["t"] * 2)
+    steps = []
+    from lowbit_gguf import training
+
+    original = training.EarlyStopping.update
+
+    def recording(self, loss):
+        steps.append(loss)
+        return original(self, loss)
+
+    monkeypatch.setattr(training.EarlyStopping, "update", recording)
+    config = PTQ161Config(epochs=0, lora_rank=4, lora_steps=40, lora_lr=3.0, lora_batch=2, lora_patience=1)
+    model = make_tiny_llama(tmp_path / "m", layers=2)
+    before = [l.weight.detach().clone() for b in decoder_blocks(model) for l in block_linears(b).values()]
+    ptq161.restorative_lora(model, calibration, config, progress=False)
+    after = [l.weight.detach() for b in decoder_blocks(model) for l in block_linears(b).values()]
+    assert len(steps) == 2 and steps[1] > steps[0]  # before training, then the check at step 2: worse, stop
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
 def test_restorative_lora_resumes_after_interruption(tmp_path, monkeypatch):
     """Stopped after the first adapter checkpoint, a rerun skips the first quantization pass, continues the
     adapter training from that step and ends with exactly the weights of an uninterrupted run."""
