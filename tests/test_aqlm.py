@@ -135,7 +135,8 @@ def test_nearest_codewords_refuse_mismatched_shapes_and_name_a_missing_compiler(
     assert not list(tmp_path.rglob("*.so"))
 
 
-def test_kmeans_stops_at_its_fixed_point_and_keeps_every_point_when_codewords_suffice():
+def test_kmeans_stops_at_its_fixed_point_and_keeps_every_point_when_codewords_suffice(monkeypatch):
+    from lowbit_gguf.methods import aqlm
     from lowbit_gguf.methods.aqlm import kmeans
 
     g = torch.Generator().manual_seed(2)
@@ -144,7 +145,12 @@ def test_kmeans_stops_at_its_fixed_point_and_keeps_every_point_when_codewords_su
     assert centroids.shape == (128, 8) and torch.equal(centroids[assign], x)
     # two tight clusters: the assignment settles at once, and the centroids are the cluster means
     x = torch.cat([torch.randn(50, 8, generator=g) * 0.01 + 5, torch.randn(50, 8, generator=g) * 0.01 - 5])
+    searches = []
+    real = aqlm.nearest_codewords
+    monkeypatch.setattr(aqlm, "nearest_codewords", lambda *a: searches.append(1) or real(*a))
     centroids, assign = kmeans(x, 2, 20, g)
+    # the first assignment already splits the clusters (at most a few steps): the fixed point ends the loop
+    assert len(searches) <= 4
     assert assign[:50].unique().numel() == 1 and assign[50:].unique().numel() == 1 and assign[0] != assign[50]
     assert torch.allclose(centroids[assign[0]], x[:50].mean(0)) and torch.allclose(centroids[assign[50]], x[50:].mean(0))
 

@@ -80,10 +80,23 @@ def test_packed_weight_rejects_wrong_shapes():
         PackedWeight(packed.lowbit_type, packed.codes[:, :-1], packed.sides, packed.n_per_row)
 
 
-def test_row_permutation_follows_the_converter():
-    # LlamaModel.permute in convert_hf_to_gguf.py, applied to a matrix whose rows are their own indices
-    d_out, n_head = 24, 3
-    w = np.arange(d_out)[:, None].repeat(2, axis=1)
-    converted = w.reshape(n_head, 2, d_out // n_head // 2, 2).swapaxes(1, 2).reshape(w.shape)
-    np.testing.assert_array_equal(w[llama_rows_permutation(d_out, n_head)], converted)
+def test_row_permutation_follows_the_pinned_converter():
+    """LlamaModel.permute of the pinned upstream converter (run in its own process, beside its own gguf-py),
+    applied to a matrix whose rows are their own indices, gives the order llama_rows_permutation says."""
+    import json
+    import subprocess
+    import sys
+
+    from lowbit_gguf.gguf.convert import upstream_source
+
+    d_out, head_counts = 24, (3, 2, 1)
+    code = ("import sys, json, torch; sys.path[:0] = [sys.argv[1] + '/gguf-py', sys.argv[1]]\n"
+            "from conversion.llama import LlamaModel\n"
+            f"rows = torch.arange({d_out})[:, None].repeat(1, 2)\n"
+            f"print(json.dumps([LlamaModel.permute(rows, h, None)[:, 0].tolist() for h in {head_counts}]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(upstream_source())], capture_output=True, text=True,
+                          check=True)
+    converted = json.loads(proc.stdout)
+    for n_head, rows in zip(head_counts, converted):
+        np.testing.assert_array_equal(llama_rows_permutation(d_out, n_head), rows)
     assert BY_ID[FIRST_ID + 1].name == "AQLM_2X8"

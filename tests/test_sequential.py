@@ -42,6 +42,33 @@ def test_hessian_is_mean_outer_product_of_layer_inputs(tiny):
     torch.testing.assert_close(seen[(64, 64)], x.T @ x / x.shape[0])
 
 
+def test_absmax_is_the_largest_input_magnitude_per_channel_of_the_training_windows(tiny):
+    """The statistic PTQ1.61 picks salient channels by: max |x| over every token of the training windows,
+    channel by channel; held-out windows (here with one huge channel) do not enter it."""
+    from lowbit_gguf.calibration import CalibrationSet
+
+    model, tokens = tiny
+    seen = {}
+
+    def spy(weight, absmax, config):
+        seen.setdefault(weight.shape, absmax.clone())
+        return get_method("identity").quantize(weight, None, config)
+
+    identity = get_method("identity")
+    spec = MethodSpec("spy", identity.config_type, spy, identity.decode, "", input_statistic="absmax")
+    hidden, _ = capture_block_inputs(model, tokens)
+    x = decoder_blocks(model)[0].input_layernorm(hidden).reshape(-1, 64)  # q_proj's input, block 0
+    unused = torch.tensor(sorted(set(range(256)) - set(tokens.flatten().tolist())))
+    heldout = unused[:32].reshape(2, 16)  # tokens the training windows never contain
+    calibration = CalibrationSet(tokens, heldout, ["t"] * len(tokens), ["t"] * 2)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[heldout.flatten(), 5] = 1e4  # would dominate channel 5 if counted
+    quantize_model(model, calibration, spec, spec.parse_config(None), batch_size=4, progress=False)
+    expected = x.abs().amax(0)
+    assert not torch.allclose(expected, x.abs().mean(0) * x.shape[0])
+    torch.testing.assert_close(seen[(64, 64)], expected)
+
+
 def test_quantized_outputs_feed_the_next_block(tiny):
     """Block i+1's Hessian must come from block i's *quantized* outputs."""
     model, tokens = tiny
