@@ -108,7 +108,8 @@ def draw_windows(streams: dict[str, np.ndarray], n_samples: int, n_heldout: int,
         stacked = torch.from_numpy(np.stack(rows)) if rows else torch.empty(0, seq_len, dtype=torch.int64)
         return stacked, sources
 
-    (train, train_sources), (heldout, heldout_sources) = interleave("train", n_samples), interleave("heldout", n_heldout)
+    train, train_sources = interleave("train", n_samples)
+    heldout, heldout_sources = interleave("heldout", n_heldout)
     return CalibrationSet(train, heldout, train_sources, heldout_sources)
 
 
@@ -143,7 +144,9 @@ def model_calibration_set(model_dir, specs: str | Sequence[str] = DEFAULT_CALIBR
 
     model_dir = Path(model_dir)
     tokenizer_files = sorted(p for p in model_dir.glob("tokenizer*") if p.is_file())
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in tokenizer_files)).hexdigest()[:16] if tokenizer_files else None
+    key = None
+    if tokenizer_files:
+        key = hashlib.sha256(b"".join(p.read_bytes() for p in tokenizer_files)).hexdigest()[:16]
     return calibration_set(lambda body: hf_tokenize(model_dir, body), specs, n_samples, seq_len, n_heldout, seed,
                            cache_key=key)
 

@@ -168,8 +168,8 @@ def quantize(model_dir, method, config, output, calib_text, samples, seq_len, he
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
               help="Type of the token embeddings and output head.")
 @click.option("--device", default="cpu", show_default=True, help="Compute device for both models (e.g. cuda).")
-def finetune(gguf_file, model_dir, output, epochs, lr, batch, patience, calib_text, samples, seq_len, heldout, checkpoint,
-             save_decoded, embedding_type, device):
+def finetune(gguf_file, model_dir, output, epochs, lr, batch, patience, calib_text, samples, seq_len, heldout,
+             checkpoint, save_decoded, embedding_type, device):
     """Fine-tune a quantized GGUF end to end against its float MODEL_DIR and write a new GGUF.
 
     Codebooks, scales and norms are trained, codes fixed, to match the float model's next-token
@@ -178,8 +178,9 @@ def finetune(gguf_file, model_dir, output, epochs, lr, batch, patience, calib_te
     from lowbit_gguf.finetune import finetune_gguf
 
     report = finetune_gguf(gguf_file, model_dir, output, epochs=epochs, lr=lr, batch=batch, patience=patience,
-                           calib_text=list(calib_text), n_samples=samples, seq_len=seq_len, n_heldout=heldout, checkpoint_dir=checkpoint,
-                           save_decoded=save_decoded, embedding_type=embedding_type, device=device)
+                           calib_text=list(calib_text), n_samples=samples, seq_len=seq_len, n_heldout=heldout,
+                           checkpoint_dir=checkpoint, save_decoded=save_decoded, embedding_type=embedding_type,
+                           device=device)
     losses = report.losses
     tail = losses[-max(1, len(losses) // 8):]
     if report.heldout:

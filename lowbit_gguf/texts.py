@@ -4,14 +4,17 @@ Every text is extracted once from a pinned package into the cache and checked ag
 here. Calibration and evaluation never share a package's document, and the second evaluation text comes from a
 package no calibration text comes from:
 
-| text | domain | package (registry) | files | license |
-| --- | --- | --- | --- | --- |
-| calibration: literary | novels | r-cran-janeaustenr 1.0.0-1 (Debian) | Rdata.rdb: Sense and Sensibility, Emma, Mansfield Park, Northanger Abbey, Persuasion | public domain (package MIT) |
-| calibration: technical | software documentation | Django 5.2.8 sdist (PyPI) | docs/**/*.txt but docs/releases | BSD-3-Clause |
-| calibration: reference | dictionary prose | dict-gcide 0.48.5+nmu2 (Debian) | gcide.dict.dz, every 8th entry | GPL-3+ |
-| calibration: dialogue | quips, dialogues, Usenet lore | fortunes 1:1.99.1-7.3 (Debian) | usr/share/games/fortunes/*.u8 but ascii-art | BSD (fortune-mod) |
-| evaluation | novel | r-cran-janeaustenr 1.0.0-1 (Debian) | Rdata.rdb: Pride and Prejudice | public domain |
-| evaluation-manual | system administration manual | debian-reference-en 2.100 (Debian) | debian-reference.en.txt.gz | GPL-2+ |
+- calibration `literary` (novels): r-cran-janeaustenr 1.0.0-1 (Debian), Rdata.rdb: Sense and Sensibility,
+  Emma, Mansfield Park, Northanger Abbey, Persuasion; public domain (package MIT)
+- calibration `technical` (software documentation): Django 5.2.8 sdist (PyPI), docs/**/*.txt except
+  docs/releases; BSD-3-Clause
+- calibration `reference` (dictionary prose): dict-gcide 0.48.5+nmu2 (Debian), gcide.dict.dz, every 8th entry;
+  GPL-3+
+- calibration `dialogue` (quips, dialogues, Usenet lore): fortunes 1:1.99.1-7.3 (Debian),
+  usr/share/games/fortunes/*.u8 except ascii-art; BSD (fortune-mod)
+- `evaluation` (a novel): r-cran-janeaustenr 1.0.0-1 (Debian), Rdata.rdb: Pride and Prejudice; public domain
+- `evaluation-manual` (a system administration manual): debian-reference-en 2.100 (Debian),
+  debian-reference.en.txt.gz; GPL-2+
 """
 
 from __future__ import annotations

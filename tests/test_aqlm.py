@@ -152,7 +152,8 @@ def test_kmeans_stops_at_its_fixed_point_and_keeps_every_point_when_codewords_su
     # the first assignment already splits the clusters (at most a few steps): the fixed point ends the loop
     assert len(searches) <= 4
     assert assign[:50].unique().numel() == 1 and assign[50:].unique().numel() == 1 and assign[0] != assign[50]
-    assert torch.allclose(centroids[assign[0]], x[:50].mean(0)) and torch.allclose(centroids[assign[50]], x[50:].mean(0))
+    assert torch.allclose(centroids[assign[0]], x[:50].mean(0))
+    assert torch.allclose(centroids[assign[50]], x[50:].mean(0))
 
 
 def test_1x16_keeps_small_weights_nearly_exact():
