@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # System packages the project needs on a Debian machine: the build tools for the patched llama.cpp
 # (cmake, ninja, patch, ccache for fast rebuilds), the aarch64 cross compilers (a test compiles the CPU
-# kernels for ARM machines) and apt's index, so the default text package (r-cran-janeaustenr) can be
-# downloaded. Needs root; does nothing that is already in place.
+# kernels for ARM machines) and apt's index, so the default text packages (r-cran-janeaustenr, dict-gcide,
+# fortunes, debian-reference-en) can be downloaded. Needs root; does nothing that is already in place.
 set -euo pipefail
 need=()
 for tool in cmake ninja patch ccache aarch64-linux-gnu-gcc aarch64-linux-gnu-g++; do
