@@ -18,6 +18,7 @@ import torch
 
 from lowbit_gguf.cache import cache_root
 from lowbit_gguf.errors import LowbitError
+from lowbit_gguf.files import partial_output
 from lowbit_gguf.texts import CALIBRATION_TEXTS, TEXTS, text
 
 HELDOUT_FRACTION = 0.1
@@ -131,9 +132,8 @@ def _tokens(tokenize, body: str, cache_key: str | None) -> np.ndarray:
         return np.load(path)
     tokens = np.asarray(tokenize(body), dtype=np.int32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npy")
-    np.save(partial, tokens)
-    partial.replace(path)
+    with partial_output(path, "the calibration text's token ids") as partial, open(partial, "wb") as f:
+        np.save(f, tokens)
     return tokens
 
 
@@ -150,10 +150,3 @@ def model_calibration_set(model_dir, specs: str | Sequence[str] = DEFAULT_CALIBR
     return calibration_set(lambda body: hf_tokenize(model_dir, body), specs, n_samples, seq_len, n_heldout, seed,
                            cache_key=key)
 
-
-def calibration_tokens(tokens: np.ndarray, n_samples: int, seq_len: int) -> torch.Tensor:
-    """The first n_samples consecutive windows of seq_len tokens of one stream: [n_samples, seq_len] int64."""
-    needed = n_samples * seq_len
-    if len(tokens) < needed:
-        raise LowbitError(f"calibration text has {len(tokens)} tokens; {n_samples} x {seq_len} need {needed}")
-    return torch.from_numpy(np.asarray(tokens[:needed], dtype=np.int64).reshape(n_samples, seq_len))

@@ -133,7 +133,7 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     from lowbit_gguf.quantize import export_gguf
     from lowbit_gguf.files import save_torch
     from lowbit_gguf.sequential import Checkpoint
-    from lowbit_gguf.training import EarlyStopping
+    from lowbit_gguf.training import EarlyStopping, mean_over_batches
 
     started = time.time()
     source, model_dir, out = Path(source), Path(model_dir), Path(out)
@@ -180,26 +180,23 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     params += [p.requires_grad_(True) for p in norms.values()]
     opt = torch.optim.Adam(params, lr=lr)
     stopping = EarlyStopping(params, patience)
-    best_step = start
     if state is not None:
         opt.load_state_dict(state["optimizer"])
-        stopping.history, stopping.best_loss, stopping.since_best = (state["heldout"], state["best_loss"],
-                                                                      state["since_best"])
-        stopping.best_state, best_step = state["best_state"], state["best_step"]
+        stopping.load_state_dict(state["stopping"])
 
     def student_logits(ids):
         weights = {f"{module}.weight": spec.decode({**layers[module].payload, **t}, config)
                    for module, t in trainable.items()}
         return functional_call(student, weights, (ids,), {"use_cache": False}).logits.float()
 
+    def kl_of_rows(start: int, stop: int) -> float:
+        ids = heldout[start:stop].to(device)
+        target = torch.log_softmax(teacher(ids, use_cache=False).logits.float(), dim=-1)
+        return kl_per_token(student_logits(ids), target).item()
+
     def heldout_kl() -> float:
         with torch.no_grad():
-            total = 0.0
-            for k in range(0, len(heldout), batch):
-                ids = heldout[k:k + batch].to(device)
-                target = torch.log_softmax(teacher(ids, use_cache=False).logits.float(), dim=-1)
-                total += kl_per_token(student_logits(ids), target).item() * len(ids)
-            return total / len(heldout)
+            return mean_over_batches(kl_of_rows, 0, len(heldout), batch)
 
     if len(heldout) and state is None:
         stopping.update(heldout_kl())
@@ -221,8 +218,7 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
         losses.append(loss.item())
         bar.set_postfix(kl=f"{losses[-1]:.4f}")
         if len(heldout) and ((step + 1) % EVAL_EVERY == 0 or step + 1 == total):
-            stop = stopping.update(heldout_kl())
-            best_step = step + 1 if stopping.since_best == 0 else best_step
+            stop = stopping.update(heldout_kl(), step + 1)
             bar.set_postfix(kl=f"{losses[-1]:.4f}", heldout=f"{stopping.history[-1]:.4f}")
             if stop:
                 break
@@ -230,15 +226,11 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
             save_torch({"step": step + 1, "losses": losses, "optimizer": opt.state_dict(),
                         "trainable": {m: {k: v.detach().cpu() for k, v in t.items()} for m, t in trainable.items()},
                         "norms": {n: p.detach().cpu() for n, p in norms.items()},
-                        "heldout": stopping.history, "best_loss": stopping.best_loss,
-                        "since_best": stopping.since_best, "best_step": best_step,
-                        "best_state": None if stopping.best_state is None else [t.cpu() for t in stopping.best_state]},
-                       state_path, "the fine-tuning checkpoint")
+                        "stopping": stopping.state_dict()}, state_path, "the fine-tuning checkpoint")
     bar.close()
     if len(heldout):
         stopping.restore_best()
-    else:
-        best_step = len(losses)
+    best_step = stopping.best_step if len(heldout) else len(losses)
 
     student.eval().to("cpu")
     with torch.no_grad():

@@ -12,7 +12,6 @@ interrupted run resumes at the next block instead of starting over.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -188,11 +187,6 @@ class Checkpoint:
         return saved["hidden"], saved.get("float_hidden")
 
 
-def tokens_fingerprint(tokens: torch.Tensor) -> str:
-    """Short hash of the calibration tokens: a checkpoint only resumes the run that made it."""
-    return hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
-
-
 def as_calibration(calibration: CalibrationSet | torch.Tensor) -> CalibrationSet:
     """A bare [n, seq_len] token tensor is a calibration set without held-out windows."""
     if isinstance(calibration, CalibrationSet):
@@ -220,7 +214,7 @@ def quantize_model(model: nn.Module, calibration: CalibrationSet | torch.Tensor,
     checkpoint = None
     if checkpoint_dir is not None:
         checkpoint = Checkpoint(checkpoint_dir, {"method": method.name, "config": config_dict,
-                                                 "calibration": tokens_fingerprint(calib_tokens),
+                                                 "calibration": calibration.fingerprint(),
                                                  "blocks": len(blocks)})
     done = checkpoint.completed_blocks() if checkpoint else 0
 

@@ -40,23 +40,43 @@ class EarlyStopping:
     best_loss: float = float("inf")
     best_state: list[torch.Tensor] | None = None
     since_best: int = 0
+    best_step: int = 0  # the step (epoch, optimizer step) update was given with the best state
     history: list[float] = field(default_factory=list)
 
-    def update(self, loss: float) -> bool:
-        """Record a held-out loss of the current state; True when training should stop."""
+    def update(self, loss: float, step: int = 0) -> bool:
+        """Record a held-out loss of the current state (reached at `step`); True when training should stop."""
         self.history.append(loss)
         if loss < self.best_loss:
-            self.best_loss, self.since_best = loss, 0
+            self.best_loss, self.since_best, self.best_step = loss, 0, step
             self.best_state = [p.detach().clone() for p in self.params]
         else:
             self.since_best += 1
         return self.since_best >= self.patience
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps to resume: everything but the live parameters (best state in host memory)."""
+        return {"history": self.history, "best_loss": self.best_loss, "since_best": self.since_best,
+                "best_step": self.best_step,
+                "best_state": None if self.best_state is None else [t.cpu() for t in self.best_state]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best_loss, self.since_best = state["history"], state["best_loss"], state["since_best"]
+        self.best_step, self.best_state = state["best_step"], state["best_state"]
 
     def restore_best(self) -> None:
         if self.best_state is not None:
             with torch.no_grad():
                 for p, best in zip(self.params, self.best_state):
                     p.copy_(best)
+
+
+def mean_over_batches(loss_of_rows: Callable[[int, int], float], start: int, stop: int, batch: int) -> float:
+    """The mean over rows [start, stop) of loss_of_rows(begin, end), a mean over its rows, batch rows at a time."""
+    total = 0.0
+    for begin in range(start, stop, batch):
+        end = min(begin + batch, stop)
+        total += loss_of_rows(begin, end) * (end - begin)
+    return total / (stop - start)
 
 
 def batch_kwargs(kwargs: dict, start: int, stop: int, n_seq: int) -> dict:
@@ -88,11 +108,8 @@ def train_block(block: nn.Module, params: list[torch.Tensor], optimizer: torch.o
 
     def heldout_loss() -> float:
         with torch.no_grad():
-            total = 0.0
-            for start in range(data.n_train, data.n_seq, batch):
-                stop = min(start + batch, data.n_seq)
-                total += loss_fn(forward(start, stop), slice(start, stop)).item() * (stop - start)
-            return total / (data.n_seq - data.n_train)
+            return mean_over_batches(lambda start, stop: loss_fn(forward(start, stop), slice(start, stop)).item(),
+                                     data.n_train, data.n_seq, batch)
 
     stopping = EarlyStopping(params, patience)
     has_heldout = data.n_seq > data.n_train
@@ -101,14 +118,14 @@ def train_block(block: nn.Module, params: list[torch.Tensor], optimizer: torch.o
     gen = torch.Generator().manual_seed(seed)
     starts = list(range(0, data.n_train, batch))
     with torch.enable_grad():
-        for _ in range(epochs):
+        for epoch in range(epochs):
             for k in torch.randperm(len(starts), generator=gen, device=gen.device).tolist():
                 start, stop = starts[k], min(starts[k] + batch, data.n_train)
                 loss = loss_fn(forward(start, stop), slice(start, stop))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            if has_heldout and stopping.update(heldout_loss()):
+            if has_heldout and stopping.update(heldout_loss(), epoch + 1):
                 break
     if has_heldout:
         stopping.restore_best()

@@ -191,9 +191,9 @@ def test_restorative_lora_keeps_the_adapters_best_on_held_out_windows(tmp_path, 
 
     original = training.EarlyStopping.update
 
-    def recording(self, loss):
+    def recording(self, loss, step=0):
         steps.append(loss)
-        return original(self, loss)
+        return original(self, loss, step)
 
     monkeypatch.setattr(training.EarlyStopping, "update", recording)
     config = PTQ161Config(epochs=0, lora_rank=4, lora_steps=40, lora_lr=3.0, lora_batch=2, lora_patience=1)

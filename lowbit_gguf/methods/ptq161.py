@@ -273,7 +273,7 @@ def _train_lora_deltas(model, calibration, config: PTQ161Config, device: str, pr
 
     from lowbit_gguf.files import save_torch
     from lowbit_gguf.sequential import block_linears, decoder_blocks, quantize_model
-    from lowbit_gguf.training import EarlyStopping
+    from lowbit_gguf.training import EarlyStopping, mean_over_batches
 
     quantized = copy.deepcopy(model)
     quantize_model(quantized, calibration, replace(METHOD, preprocess=None), config, device=device,
@@ -297,11 +297,13 @@ def _train_lora_deltas(model, calibration, config: PTQ161Config, device: str, pr
     tokens, heldout = calibration.train.to(device), calibration.heldout.to(device)
     stopping = EarlyStopping(params, patience=config.lora_patience)
 
+    def loss_of_rows(start: int, stop: int) -> float:
+        rows = heldout[start:stop]
+        return quantized(rows, labels=rows, use_cache=False).loss.item()
+
     def heldout_loss() -> float:
         with torch.no_grad():
-            return sum(quantized(heldout[k:k + config.lora_batch], labels=heldout[k:k + config.lora_batch],
-                                 use_cache=False).loss.item() * len(heldout[k:k + config.lora_batch])
-                       for k in range(0, len(heldout), config.lora_batch)) / len(heldout)
+            return mean_over_batches(loss_of_rows, 0, len(heldout), config.lora_batch)
 
     state_path = None if folder is None else folder / "adapters.pt"
     start = 0
@@ -314,8 +316,7 @@ def _train_lora_deltas(model, calibration, config: PTQ161Config, device: str, pr
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         start = state["step"]
-        stopping.best_loss, stopping.since_best = state["best_loss"], state["since_best"]
-        stopping.best_state = state["best_state"]
+        stopping.load_state_dict(state["stopping"])
     elif len(heldout):
         stopping.update(heldout_loss())
 
@@ -329,18 +330,16 @@ def _train_lora_deltas(model, calibration, config: PTQ161Config, device: str, pr
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % LORA_SAVE_EVERY == 0 or step + 1 == config.lora_steps:
-            stop = len(heldout) > 0 and stopping.update(heldout_loss())
             if len(heldout):
+                stop = stopping.update(heldout_loss(), step + 1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", heldout=f"{stopping.history[-1]:.3f}")
-            if stop:
-                break
+                if stop:
+                    break
             if state_path is not None and step + 1 < config.lora_steps:
                 save_torch({"step": step + 1, "optimizer": opt.state_dict(), "generator": gen.get_state(),
                             "adapters": {k: {"a": a.a.detach().cpu(), "b": a.b.detach().cpu()}
                                          for k, a in adapters.items()},
-                            "best_loss": stopping.best_loss, "since_best": stopping.since_best,
-                            "best_state": [t.cpu() for t in stopping.best_state or []] or None},
-                           state_path, "the LoRA adapters' checkpoint")
+                            "stopping": stopping.state_dict()}, state_path, "the LoRA adapters' checkpoint")
     bar.close()
     if len(heldout):
         stopping.restore_best()
