@@ -59,7 +59,7 @@ def test_cuda_ptq161_arithmetic_matches_python(shim, ratio):
     ffi, lib = shim
     spec, config, payload = random_ptq161_payload(d_out=D_OUT, d_in=D_IN, ratio=ratio)
     packed = spec.pack(payload)
-    assert packed.n_salient > 0 and packed.sides["salient_spill"].size > 0
+    assert packed.weight_params["n_salient"] > 0 and packed.sides["salient_spill"].size > 0
     x = np.random.default_rng(2).standard_normal((N_TOKENS, D_IN)).astype(np.float32)
     out, decoded = np.empty((N_TOKENS, D_OUT), np.float32), np.empty((D_OUT, D_IN), np.float32)
     sides = {k: np.ascontiguousarray(v) for k, v in packed.sides.items()}
@@ -68,7 +68,7 @@ def test_cuda_ptq161_arithmetic_matches_python(shim, ratio):
                               ffi.from_buffer(sides["salient_mask"].view(np.uint8)),
                               ffi.from_buffer("uint16_t[]", sides["col_scale"].view(np.uint16)),
                               ffi.from_buffer("float[]", x), N_TOKENS, ffi.from_buffer("float[]", out),
-                              ffi.from_buffer("float[]", decoded), D_OUT, D_IN, packed.n_salient)
+                              ffi.from_buffer("float[]", decoded), D_OUT, D_IN, packed.weight_params["n_salient"])
     assert rc == 0
     check(out, decoded, spec.decode(payload).numpy(), x)
 

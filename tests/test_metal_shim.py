@@ -54,7 +54,7 @@ def test_metal_ptq161_gemv_arithmetic_matches_python(shim):
                               ffi.from_buffer(sides["salient_mask"].view(np.uint8)),
                               ffi.from_buffer("uint16_t[]", sides["col_scale"].view(np.uint16)),
                               ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out), 40, 512,
-                              packed.n_salient)
+                              packed.weight_params["n_salient"])
     assert rc == 0
     w = spec.decode(payload).double().numpy()
     want, magnitude = w @ x, np.abs(w) @ np.abs(x)

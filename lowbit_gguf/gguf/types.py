@@ -13,9 +13,11 @@ kernels read); a test fails when the committed files differ from what this table
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 FIRST_ID = 200
@@ -30,9 +32,65 @@ SALIENT_MASK = "salient_mask"
 SALIENT_SPILL = "salient_spill"
 ROW_PARAMS = "row_params"
 COL_SCALE = "col_scale"
-N_ROW_PARAMS = 4
-# one entry per output row: they follow a row permutation
-PER_ROW_SIDES = frozenset({ROW_SCALE, SALIENT_SPILL, ROW_PARAMS})
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side tensor of a method's weights. Each entry of shape (numpy order; ggml's ne is the reverse) is an
+    integer expression, the same in Python and C, over the weight's d_out and d_in, the type's parameters and
+    the method's per-weight parameters (read from the file, e.g. PTQ1.61's n_salient)."""
+
+    suffix: str
+    ggml_type: str  # F16, I8
+    shape: tuple[str, ...]
+
+    @property
+    def per_row(self) -> bool:
+        """One entry per output row: the side follows a permutation of the weight's rows."""
+        return self.shape[0] == "d_out"
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype({"F16": np.float16, "I8": np.int8}[self.ggml_type])
+
+    def numpy_shape(self, values: dict[str, int]) -> tuple[int, ...]:
+        return tuple(int(eval(dim, {"__builtins__": {}}, values)) for dim in self.shape)
+
+
+def _set_bits(bytes_: np.ndarray | None) -> int:
+    return 0 if bytes_ is None else int(np.unpackbits(bytes_.view(np.uint8)).sum())
+
+
+@dataclass(frozen=True)
+class Method:
+    """What every type of one method shares: its side tensors (in the order the runtime hangs them on the
+    weight), the names of its per-type parameters, and its per-weight parameters."""
+
+    name: str
+    c_id: int  # GGML_LOWBIT_METHOD_<NAME> in C
+    sides: tuple[Side, ...]
+    type_params: tuple[str, ...] = ()
+    # per-weight parameters from a weight's sides: {name: value}
+    weight_params: Callable[[dict[str, np.ndarray]], dict[str, int]] = lambda sides: {}
+
+    @property
+    def c_name(self) -> str:
+        return self.name.upper()
+
+
+AQLM = Method("aqlm", 1, (Side(CODEBOOK, "F16", ("num_codebooks", "1 << code_bits", "block_size")),
+                          Side(ROW_SCALE, "F16", ("d_out",))),
+              type_params=("num_codebooks", "code_bits"))
+# PTQ1.61's weight row holds one bit per input channel, in gathered order (salient channels first, then
+# the rest, each ascending): the sign bits of the binarized channels, then the first n_salient / 8 bytes
+# of the salient channels' 4-bit codes; their other 3 * n_salient / 8 bytes spill into a side tensor.
+PTQ161_METHOD = Method("ptq161", 2, (Side(SALIENT_MASK, "I8", ("d_in // 8",)),
+                                     Side(SALIENT_SPILL, "I8", ("d_out", "3 * n_salient // 8")),
+                                     Side(ROW_PARAMS, "F16", ("d_out", "4")),
+                                     Side(COL_SCALE, "F16", ("d_in",))),
+                       weight_params=lambda sides: {"n_salient": _set_bits(sides.get(SALIENT_MASK))})
+METHODS = {m.name: m for m in (AQLM, PTQ161_METHOD)}
+PER_ROW_SIDES = frozenset(side.suffix for m in METHODS.values() for side in m.sides if side.per_row)
 
 
 @dataclass(frozen=True)
@@ -42,10 +100,20 @@ class LowbitType:
     method: str
     block_size: int  # weights per block
     type_size: int  # bytes per block
-    num_codebooks: int  # AQLM: M codes per block
-    code_bits: int  # AQLM: B bits per code (8 or 16), 2^B codewords per codebook
-    sides: tuple[str, ...]
+    params: tuple[tuple[str, int], ...]  # the method's type_params, in its order
     description: str
+
+    def __post_init__(self):
+        if tuple(k for k, _ in self.params) != METHODS[self.method].type_params:
+            raise ValueError(f"{self.name}: parameters {self.params} are not {self.method}'s "
+                             f"{METHODS[self.method].type_params}")
+
+    def __getattr__(self, key: str) -> int:
+        # the method's parameters read as attributes: AQLM_2X8.num_codebooks
+        for k, v in self.__dict__.get("params", ()):
+            if k == key:
+                return v
+        raise AttributeError(f"{self.__class__.__name__} {self.__dict__.get('name')} has no {key!r}")
 
     @property
     def codebook_size(self) -> int:
@@ -55,27 +123,31 @@ class LowbitType:
     def ggml_enum(self) -> str:
         return f"GGML_TYPE_LOWBIT_{self.name}"
 
-    def side_shapes(self, d_out: int, d_in: int, n_salient: int = 0) -> dict[str, tuple[int, ...]]:
-        """numpy shapes of the side tensors of a [d_out, d_in] weight (ggml's ne is the reverse);
-        PTQ1.61's depend on its number of salient input channels."""
-        if self.method == "ptq161":
-            return {SALIENT_MASK: (d_in // 8,), SALIENT_SPILL: (d_out, 3 * n_salient // 8),
-                    ROW_PARAMS: (d_out, N_ROW_PARAMS), COL_SCALE: (d_in,)}
-        return {CODEBOOK: (self.num_codebooks, self.codebook_size, self.block_size), ROW_SCALE: (d_out,)}
+    @property
+    def side_specs(self) -> tuple[Side, ...]:
+        return METHODS[self.method].sides
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return tuple(side.suffix for side in self.side_specs)
+
+    def side_shapes(self, d_out: int, d_in: int, sides: dict[str, np.ndarray] | None = None
+                    ) -> dict[str, tuple[int, ...]]:
+        """numpy shapes of the side tensors of a [d_out, d_in] weight; where the method has per-weight
+        parameters (PTQ1.61: n_salient) they are read from the given sides."""
+        values = {"d_out": d_out, "d_in": d_in, "block_size": self.block_size, **dict(self.params),
+                  **METHODS[self.method].weight_params(sides or {})}
+        return {side.suffix: side.numpy_shape(values) for side in self.side_specs}
 
 
 def _aqlm(name: str, type_id: int, m: int, b: int) -> LowbitType:
     return LowbitType(name=name, type_id=type_id, method="aqlm", block_size=8, type_size=m * b // 8,
-                      num_codebooks=m, code_bits=b, sides=(CODEBOOK, ROW_SCALE),
+                      params=(("num_codebooks", m), ("code_bits", b)),
                       description=f"AQLM {m}x{b}: 8 weights = sum of {m} codeword(s), one per f16 codebook of "
                                   f"{2**b}, times an f16 row scale")
 
 
-# PTQ1.61's weight row holds one bit per input channel, in gathered order (salient channels first, then
-# the rest, each ascending): the sign bits of the binarized channels, then the first n_salient / 8 bytes
-# of the salient channels' 4-bit codes; their other 3 * n_salient / 8 bytes spill into a side tensor.
-PTQ161 = LowbitType(name="PTQ161", type_id=FIRST_ID + 10, method="ptq161", block_size=8, type_size=1,
-                    num_codebooks=0, code_bits=0, sides=(SALIENT_MASK, SALIENT_SPILL, ROW_PARAMS, COL_SCALE),
+PTQ161 = LowbitType(name="PTQ161", type_id=FIRST_ID + 10, method="ptq161", block_size=8, type_size=1, params=(),
                     description="PTQ1.61: salient input channels 4-bit per row, the rest signs with row and "
                                 "column scales; 1 bit per weight here, 3 more per salient weight in a side tensor")
 
@@ -92,7 +164,8 @@ BY_ID = {t.type_id: t for t in LOWBIT_TYPES}
 def aqlm_type(num_codebooks: int, code_bits: int, group_size: int) -> LowbitType:
     """The GGUF type for an AQLM config, or a ValueError naming the configs that have one."""
     for t in LOWBIT_TYPES:
-        if (t.method, t.num_codebooks, t.code_bits, t.block_size) == ("aqlm", num_codebooks, code_bits, group_size):
+        if t.method == "aqlm" and (t.num_codebooks, t.code_bits, t.block_size) == (num_codebooks, code_bits,
+                                                                                  group_size):
             return t
     have = ", ".join(f"{t.num_codebooks}x{t.code_bits}" for t in LOWBIT_TYPES if t.method == "aqlm")
     raise ValueError(f"AQLM {num_codebooks}x{code_bits} with groups of {group_size} has no GGUF type; "
@@ -153,21 +226,64 @@ def render_cpu_traits() -> str:
     return "".join(lines)
 
 
+def _c_side_enum(method: Method, side: Side) -> str:
+    return f"GGML_LOWBIT_{method.c_name}_{side.suffix.upper()}"
+
+
+def render_ids() -> str:
+    """The method enum, each method's side indices and constant side widths, and each method's parameter
+    struct (ggml-lowbit.h)."""
+    lines = [_HEADER, "// Included by ggml-lowbit.h.\n\n", "enum ggml_lowbit_method {\n"]
+    lines += [f"    GGML_LOWBIT_METHOD_{m.c_name} = {m.c_id},\n" for m in METHODS.values()]
+    lines.append("};\n")
+    for m in METHODS.values():
+        lines.append(f"\n// {m.name} side tensors, in src[] order (ggml ne, innermost first)\n")
+        lines.append(f"enum ggml_lowbit_{m.name}_side {{\n")
+        for i, side in enumerate(m.sides):
+            ne = ", ".join(reversed(side.shape)).replace("//", "/")
+            lines.append(f"    {_c_side_enum(m, side)} = {i},  // {side.ggml_type.lower()} [{ne}]\n")
+        lines.append("};\n")
+        for side in m.sides:
+            for dim in side.shape:
+                if dim.isdigit():
+                    lines.append(f"#define {_c_side_enum(m, side)}_N {dim}\n")
+        if m.type_params:
+            lines.append(f"struct ggml_lowbit_{m.name}_params {{\n")
+            lines += [f"    int {p};\n" for p in m.type_params]
+            lines.append("};\n")
+    lines.append(f"\n#define GGML_LOWBIT_MAX_SIDES {max(len(m.sides) for m in METHODS.values())}\n")
+    members = " ".join(f"struct ggml_lowbit_{m.name}_params {m.name};" for m in METHODS.values() if m.type_params)
+    lines.append(f"// the members of ggml_lowbit_type_info's parameter union\n#define GGML_LOWBIT_METHOD_PARAMS {members}\n")
+    return "".join(lines)
+
+
 def render_table() -> str:
     """The per-type parameters the C code reads (ggml-lowbit.c)."""
     lines = [_HEADER, "#pragma once\n\n", '#include "ggml-lowbit.h"\n\n',
              "static const struct ggml_lowbit_type_info ggml_lowbit_type_table[] = {\n"]
     for t in LOWBIT_TYPES:
-        sides = ", ".join(f'"{s}"' for s in t.sides)
-        lines.append(
-            f'    {{ {t.ggml_enum}, "{t.name.lower()}", GGML_LOWBIT_METHOD_{t.method.upper()}, '
-            f"{t.block_size}, {t.type_size}, {t.num_codebooks}, {t.code_bits}, {len(t.sides)}, {{ {sides} }} }},\n")
+        m = METHODS[t.method]
+        suffixes = ", ".join(f'"{s.suffix}"' for s in m.sides)
+        types = ", ".join(f"GGML_TYPE_{s.ggml_type}" for s in m.sides)
+        params = f", .{m.name} = {{ {', '.join(str(v) for _, v in t.params)} }}" if m.type_params else ""
+        lines.append(f'    {{ .type = {t.ggml_enum}, .name = "{t.name.lower()}", .method = GGML_LOWBIT_METHOD_{m.c_name}, '
+                     f".block_size = {t.block_size}, .type_size = {t.type_size}, .n_sides = {len(m.sides)},\n"
+                     f"      .sides = {{ {suffixes} }}, .side_types = {{ {types} }}{params} }},\n")
     lines.append("};\n")
+    return "".join(lines)
+
+
+def _render_method_rows(prefix: str) -> str:
+    lines = [_HEADER, "// One row per method: the method's struct, indexed by its enum value.\n"]
+    lines += [f"    [GGML_LOWBIT_METHOD_{m.c_name}] = &{prefix}{m.name},\n" for m in METHODS.values()]
     return "".join(lines)
 
 
 GENERATED = {
     "ggml/include/ggml-lowbit-types.inc": render_enum,
+    "ggml/include/ggml-lowbit-ids.inc": render_ids,
+    "ggml/src/lowbit/lowbit-methods.inc": lambda: _render_method_rows("ggml_lowbit_base_"),
+    "ggml/src/ggml-cpu/lowbit/lowbit-methods.inc": lambda: _render_method_rows("lowbit_cpu_"),
     "ggml/src/ggml-lowbit-traits.inc": render_traits,
     "ggml/src/ggml-lowbit-table.h": render_table,
     "ggml/src/ggml-cpu/ggml-lowbit-cpu-traits.inc": render_cpu_traits,

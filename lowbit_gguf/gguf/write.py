@@ -20,7 +20,7 @@ import gguf
 import gguf.quants
 from lowbit_gguf.errors import BadGGUF, LowbitError
 from lowbit_gguf.files import partial_output
-from lowbit_gguf.gguf.types import PER_ROW_SIDES, SALIENT_MASK, LowbitType, gguf_type
+from lowbit_gguf.gguf.types import METHODS, PER_ROW_SIDES, LowbitType, gguf_type
 
 
 @dataclass
@@ -38,7 +38,7 @@ class PackedWeight:
         if self.n_per_row % t.block_size or self.codes.dtype != np.uint8 or self.codes.shape[1:] != (row_bytes,):
             raise ValueError(f"{t.name} codes for rows of {self.n_per_row} must be uint8 [d_out, {row_bytes}], "
                              f"got {self.codes.dtype} {list(self.codes.shape)}")
-        expected = t.side_shapes(self.d_out, self.n_per_row, self.n_salient)
+        expected = t.side_shapes(self.d_out, self.n_per_row, self.sides)
         for suffix in t.sides:
             side = self.sides.get(suffix)
             if side is None or side.shape != expected[suffix]:
@@ -46,10 +46,9 @@ class PackedWeight:
                                  f"got {None if side is None else side.shape}")
 
     @property
-    def n_salient(self) -> int:
-        """PTQ1.61: the number of salient input channels (set bits of the mask); 0 for other types."""
-        mask = self.sides.get(SALIENT_MASK)
-        return 0 if mask is None else int(np.unpackbits(mask.view(np.uint8)).sum())
+    def weight_params(self) -> dict[str, int]:
+        """The method's per-weight parameters, read from the sides (PTQ1.61: n_salient)."""
+        return METHODS[self.lowbit_type.method].weight_params(self.sides)
 
     @property
     def d_out(self) -> int:

@@ -44,10 +44,10 @@ void llama_lowbit_attach_sides(ggml_tensor * weight, const LLM_TN_IMPL & tn, con
 void llama_lowbit_check_loaded(ggml_context * ctx) {
     for (ggml_tensor * weight = ggml_get_first_tensor(ctx); weight != nullptr;
          weight = ggml_get_next_tensor(ctx, weight)) {
-        const ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(weight->type);
-        if (info == nullptr || info->method != GGML_LOWBIT_METHOD_PTQ161) {
-            continue;  // the other types' sides are fully checked by their shapes
+        if (!ggml_lowbit_reads_side_data(weight->type)) {
+            continue;  // this type's sides are fully checked by their shapes
         }
+        const ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(weight->type);
         // host copies of the sides, so the check reads the same bytes wherever the weights live
         ggml_tensor                       copies[GGML_LOWBIT_MAX_SIDES];
         const ggml_tensor *               sides[GGML_LOWBIT_MAX_SIDES] = {};

@@ -14,32 +14,21 @@
 extern "C" {
 #endif
 
-enum ggml_lowbit_method {
-    GGML_LOWBIT_METHOD_AQLM   = 1,
-    GGML_LOWBIT_METHOD_PTQ161 = 2,
-};
-
-// PTQ1.61 side tensors, in src[] order
-enum ggml_lowbit_ptq161_side {
-    GGML_LOWBIT_PTQ161_MASK       = 0,  // i8 [d_in / 8]: bit c % 8 of byte c / 8 set = input channel c is salient
-    GGML_LOWBIT_PTQ161_SPILL      = 1,  // i8 [d_out][3 n_salient / 8]: the salient codes the row has no room for
-    GGML_LOWBIT_PTQ161_ROW_PARAMS = 2,  // f16 [d_out][4]: binary scale, binary offset, salient scale, salient min
-    GGML_LOWBIT_PTQ161_COL_SCALE  = 3,  // f16 [d_in]: binary channel scale (unused on salient channels)
-};
-#define GGML_LOWBIT_PTQ161_ROW_PARAMS_N 4
-
-#define GGML_LOWBIT_MAX_SIDES 4
+// The method enum, each method's side indices and parameter struct, generated from lowbit_gguf/gguf/types.py
+#include "ggml-lowbit-ids.inc"
 
 struct ggml_lowbit_type_info {
     enum ggml_type          type;
     const char *            name;
     enum ggml_lowbit_method method;
-    int                     block_size;    // weights per block
-    int                     type_size;     // bytes per block
-    int                     num_codebooks; // AQLM: M codes per block
-    int                     code_bits;     // AQLM: bits per code (8 or 16)
+    int                     block_size;  // weights per block
+    int                     type_size;   // bytes per block
     int                     n_sides;
-    const char *            sides[GGML_LOWBIT_MAX_SIDES]; // side tensor suffixes, in src[] order
+    const char *            sides[GGML_LOWBIT_MAX_SIDES];       // side tensor suffixes, in src[] order
+    enum ggml_type          side_types[GGML_LOWBIT_MAX_SIDES];  // and their ggml types
+    union {
+        GGML_LOWBIT_METHOD_PARAMS  // the method's parameters: info->aqlm.num_codebooks, ...
+    };
 };
 
 // NULL when type is not a lowbit type
@@ -52,9 +41,11 @@ GGML_API bool ggml_lowbit_check_sides(const struct ggml_tensor * weight, const s
                                       char * err, size_t err_size);
 
 // Checks what the side tensors' shapes cannot show, reading their data (host memory): PTQ1.61's mask must
-// mark exactly as many salient channels as its spill tensor has room for. True for the other types.
+// mark exactly as many salient channels as its spill tensor has room for. True for types without such a check.
 GGML_API bool ggml_lowbit_check_side_data(const struct ggml_tensor * weight, const struct ggml_tensor * const * sides,
                                           char * err, size_t err_size);
+// whether check_side_data reads anything for this type (the loader copies the sides to the host only then)
+GGML_API bool ggml_lowbit_reads_side_data(enum ggml_type type);
 
 // PTQ1.61: the number of salient input channels, from the spill tensor's width (checked by check_sides)
 GGML_API int64_t ggml_lowbit_ptq161_n_salient(const struct ggml_tensor * spill);

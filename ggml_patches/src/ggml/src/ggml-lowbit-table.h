@@ -4,8 +4,12 @@
 #include "ggml-lowbit.h"
 
 static const struct ggml_lowbit_type_info ggml_lowbit_type_table[] = {
-    { GGML_TYPE_LOWBIT_AQLM_1X16, "aqlm_1x16", GGML_LOWBIT_METHOD_AQLM, 8, 2, 1, 16, 2, { "codebook", "row_scale" } },
-    { GGML_TYPE_LOWBIT_AQLM_2X8, "aqlm_2x8", GGML_LOWBIT_METHOD_AQLM, 8, 2, 2, 8, 2, { "codebook", "row_scale" } },
-    { GGML_TYPE_LOWBIT_AQLM_1X8, "aqlm_1x8", GGML_LOWBIT_METHOD_AQLM, 8, 1, 1, 8, 2, { "codebook", "row_scale" } },
-    { GGML_TYPE_LOWBIT_PTQ161, "ptq161", GGML_LOWBIT_METHOD_PTQ161, 8, 1, 0, 0, 4, { "salient_mask", "salient_spill", "row_params", "col_scale" } },
+    { .type = GGML_TYPE_LOWBIT_AQLM_1X16, .name = "aqlm_1x16", .method = GGML_LOWBIT_METHOD_AQLM, .block_size = 8, .type_size = 2, .n_sides = 2,
+      .sides = { "codebook", "row_scale" }, .side_types = { GGML_TYPE_F16, GGML_TYPE_F16 }, .aqlm = { 1, 16 } },
+    { .type = GGML_TYPE_LOWBIT_AQLM_2X8, .name = "aqlm_2x8", .method = GGML_LOWBIT_METHOD_AQLM, .block_size = 8, .type_size = 2, .n_sides = 2,
+      .sides = { "codebook", "row_scale" }, .side_types = { GGML_TYPE_F16, GGML_TYPE_F16 }, .aqlm = { 2, 8 } },
+    { .type = GGML_TYPE_LOWBIT_AQLM_1X8, .name = "aqlm_1x8", .method = GGML_LOWBIT_METHOD_AQLM, .block_size = 8, .type_size = 1, .n_sides = 2,
+      .sides = { "codebook", "row_scale" }, .side_types = { GGML_TYPE_F16, GGML_TYPE_F16 }, .aqlm = { 1, 8 } },
+    { .type = GGML_TYPE_LOWBIT_PTQ161, .name = "ptq161", .method = GGML_LOWBIT_METHOD_PTQ161, .block_size = 8, .type_size = 1, .n_sides = 4,
+      .sides = { "salient_mask", "salient_spill", "row_params", "col_scale" }, .side_types = { GGML_TYPE_I8, GGML_TYPE_I8, GGML_TYPE_F16, GGML_TYPE_F16 } },
 };

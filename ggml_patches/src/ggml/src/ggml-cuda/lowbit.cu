@@ -124,8 +124,8 @@ static void sgemm_decoded(ggml_backend_cuda_context & ctx, const float * weights
 
 static void ptq161_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1,
                            ggml_tensor * dst) {
-    const ggml_tensor * spill_t   = src0->src[GGML_LOWBIT_PTQ161_SPILL];
-    const uint8_t *     mask      = (const uint8_t *) src0->src[GGML_LOWBIT_PTQ161_MASK]->data;
+    const ggml_tensor * spill_t   = src0->src[GGML_LOWBIT_PTQ161_SALIENT_SPILL];
+    const uint8_t *     mask      = (const uint8_t *) src0->src[GGML_LOWBIT_PTQ161_SALIENT_MASK]->data;
     const uint8_t *     spill     = (const uint8_t *) spill_t->data;
     const half *        params    = (const half *) src0->src[GGML_LOWBIT_PTQ161_ROW_PARAMS]->data;
     const half *        col_scale = (const half *) src0->src[GGML_LOWBIT_PTQ161_COL_SCALE]->data;
