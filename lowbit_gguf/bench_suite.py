@@ -178,7 +178,7 @@ def registered_bench_configs() -> list[tuple[str, str]]:
 
 def _quantize_with_method(model_dir: Path, method: str, config: str, work: Path,
                           settings: SuiteSettings) -> BenchFile:
-    from lowbit_gguf.quantize import quantize_checkpoint
+    from lowbit_gguf.export import quantize_checkpoint
 
     out = work / f"{method}-{config}.gguf"
     report = quantize_checkpoint(model_dir, method, config, out, n_samples=settings.calib_samples,

@@ -18,11 +18,11 @@ import torch
 
 from lowbit_gguf.cache import cache_root
 from lowbit_gguf.errors import LowbitError
+from lowbit_gguf.settings import DEFAULT_CALIBRATION, DEFAULT_HELDOUT, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from lowbit_gguf.files import partial_output
 from lowbit_gguf.texts import CALIBRATION_TEXTS, TEXTS, text
 
 HELDOUT_FRACTION = 0.1
-DEFAULT_CALIBRATION = "calibration"  # the four default domains of lowbit_gguf.texts
 
 
 @dataclass
@@ -115,7 +115,8 @@ def draw_windows(streams: dict[str, np.ndarray], n_samples: int, n_heldout: int,
 
 
 def calibration_set(tokenize: Callable[[str], np.ndarray], specs: str | Sequence[str] = DEFAULT_CALIBRATION,
-                    n_samples: int = 128, seq_len: int = 512, n_heldout: int = 8, seed: int = 0,
+                    n_samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN,
+                    n_heldout: int = DEFAULT_HELDOUT, seed: int = 0,
                     cache_key: str | None = None) -> CalibrationSet:
     """Draw a calibration set from texts (see calibration_sources), tokenized by `tokenize`. With cache_key
     (something that names the tokenizer), each text's token ids are cached beside the texts."""
@@ -137,8 +138,9 @@ def _tokens(tokenize, body: str, cache_key: str | None) -> np.ndarray:
     return tokens
 
 
-def model_calibration_set(model_dir, specs: str | Sequence[str] = DEFAULT_CALIBRATION, n_samples: int = 128,
-                          seq_len: int = 512, n_heldout: int = 8, seed: int = 0) -> CalibrationSet:
+def model_calibration_set(model_dir, specs: str | Sequence[str] = DEFAULT_CALIBRATION,
+                          n_samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN,
+                          n_heldout: int = DEFAULT_HELDOUT, seed: int = 0) -> CalibrationSet:
     """A calibration set in the tokens of the Hugging Face model in model_dir."""
     from lowbit_gguf.evaluate import hf_tokenize
 
@@ -150,3 +152,9 @@ def model_calibration_set(model_dir, specs: str | Sequence[str] = DEFAULT_CALIBR
     return calibration_set(lambda body: hf_tokenize(model_dir, body), specs, n_samples, seq_len, n_heldout, seed,
                            cache_key=key)
 
+
+def as_calibration(calibration: CalibrationSet | torch.Tensor) -> CalibrationSet:
+    """A bare [n, seq_len] token tensor is a calibration set without held-out windows."""
+    if isinstance(calibration, CalibrationSet):
+        return calibration
+    return CalibrationSet(calibration, calibration[:0], ["tokens"] * len(calibration), [])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from lowbit_gguf import settings
 from lowbit_gguf.errors import LowbitError
 
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -111,12 +112,14 @@ def convert(model_dir, output, out_type):
 def calibration_options(command):
     """--calib-text (repeatable), --samples, --seq-len and --heldout, shared by quantize and finetune."""
     options = [
-        click.option("--calib-text", multiple=True, default=("calibration",), show_default=True,
+        click.option("--calib-text", multiple=True, default=(settings.DEFAULT_CALIBRATION,), show_default=True,
                      help="Text to calibrate on: 'calibration' (the default set of four domains), a default text "
                           "by name, or a UTF-8 file; repeat it to mix several (windows are drawn from each in turn)."),
-        click.option("--samples", default=128, show_default=True, help="Calibration sequences to train on."),
-        click.option("--seq-len", default=512, show_default=True, help="Tokens per calibration sequence."),
-        click.option("--heldout", default=8, show_default=True,
+        click.option("--samples", default=settings.DEFAULT_SAMPLES, show_default=True,
+                     help="Calibration sequences to train on."),
+        click.option("--seq-len", default=settings.DEFAULT_SEQ_LEN, show_default=True,
+                     help="Tokens per calibration sequence."),
+        click.option("--heldout", default=settings.DEFAULT_HELDOUT, show_default=True,
                      help="Held-out sequences (from the last 10% of each text) that stop training early; 0: none."),
     ]
     for option in reversed(options):
@@ -128,6 +131,9 @@ def calibration_options(command):
 @click.argument("model_dir", type=existing_dir)
 @click.option("--method", required=True, help="Quantization method (see `lowbit-gguf methods`).")
 @click.option("--config", default=None, help="Method config, e.g. 2x8 for AQLM or w4g32 for rtn.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Set any field of the method's config (repeatable), e.g. --set beam_size=8; "
+                   "`lowbit-gguf methods --fields` lists them.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write.")
 @calibration_options
 @click.option("--device", default="cpu", show_default=True, help="Compute device for one block at a time.")
@@ -138,12 +144,17 @@ def calibration_options(command):
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
               help="Type of the token embeddings and output head in methods with their own GGUF type "
                    "(llama.cpp's low-bit files use Q8_0).")
-def quantize(model_dir, method, config, output, calib_text, samples, seq_len, heldout, device, checkpoint,
+def quantize(model_dir, method, config, overrides, output, calib_text, samples, seq_len, heldout, device, checkpoint,
              save_decoded, embedding_type):
     """Quantize MODEL_DIR block by block with a registered method and write a GGUF."""
-    from lowbit_gguf.quantize import quantize_checkpoint
+    from lowbit_gguf.export import quantize_checkpoint
+    from lowbit_gguf.methods import get_method
 
-    report = quantize_checkpoint(model_dir, method, config, output, calib_text=list(calib_text), n_samples=samples,
+    pairs = [o.partition("=") for o in overrides]
+    if any(not key or not sep for key, sep, _ in pairs):
+        raise click.BadParameter("expected FIELD=VALUE", param_hint="--set")
+    parsed = get_method(method).parse_config(config, {key: value for key, _, value in pairs})
+    report = quantize_checkpoint(model_dir, method, parsed, output, calib_text=list(calib_text), n_samples=samples,
                                  seq_len=seq_len, n_heldout=heldout, device=device, checkpoint_dir=checkpoint,
                                  save_decoded=save_decoded, embedding_type=embedding_type)
     click.echo(f"wrote {report.gguf}: {len(report.result.layers)} linear layers, "
@@ -155,10 +166,11 @@ def quantize(model_dir, method, config, output, calib_text, samples, seq_len, he
 @click.argument("gguf_file", type=existing_file)
 @click.argument("model_dir", type=existing_dir)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write.")
-@click.option("--epochs", default=1, show_default=True, help="Passes over the calibration sequences.")
-@click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate.")
-@click.option("--batch", default=2, show_default=True, help="Sequences per step.")
-@click.option("--patience", default=3, show_default=True,
+@click.option("--epochs", default=settings.FINETUNE_EPOCHS, show_default=True,
+              help="Passes over the calibration sequences.")
+@click.option("--lr", default=settings.FINETUNE_LR, show_default=True, help="Adam learning rate.")
+@click.option("--batch", default=settings.FINETUNE_BATCH, show_default=True, help="Sequences per step.")
+@click.option("--patience", default=settings.FINETUNE_PATIENCE, show_default=True,
               help="Held-out checks (every 16 steps) without a lower KL before training stops.")
 @calibration_options
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -191,12 +203,19 @@ def finetune(gguf_file, model_dir, output, epochs, lr, batch, patience, calib_te
 
 
 @cli.command()
-def methods():
+@click.option("--fields", is_flag=True, help="Also list each method's config fields and their defaults.")
+def methods(fields):
     """List the registered quantization methods."""
+    import dataclasses
+
     from lowbit_gguf.methods import METHODS, available_methods
 
     for name in available_methods():
         click.echo(f"{name:10s} {METHODS[name].description}")
+        if fields:
+            config = METHODS[name].config_type()
+            for f in dataclasses.fields(config):
+                click.echo(f"{'':12s}{f.name} = {getattr(config, f.name)!r}")
 
 
 # ---- evaluation and running ----------------------------------------------------------------------------

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 import gguf
+from lowbit_gguf.settings import (DEFAULT_CALIBRATION, DEFAULT_HELDOUT, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN,
+                                  FINETUNE_BATCH, FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_PATIENCE)
 from lowbit_gguf.errors import BadGGUF, LowbitError
 
 SAVE_EVERY = 8  # optimizer steps between checkpoints
@@ -61,7 +63,7 @@ def read_quantized_layers(path: Path, reader: gguf.GGUFReader, model, spec, conf
     from lowbit_gguf.gguf.inspect import read_lowbit_weights
     from lowbit_gguf.gguf.write import head_counts_of, row_orders, tensor_names_of
     from lowbit_gguf.methods import QuantizedLinear
-    from lowbit_gguf.sequential import block_linears, decoder_blocks
+    from lowbit_gguf.blocks import block_linears, decoder_blocks
 
     arch, names = tensor_names_of(reader, path)
     head_counts = head_counts_of(reader, arch)
@@ -113,9 +115,11 @@ def load_norms(path: Path, reader: gguf.GGUFReader, model) -> None:
             p.copy_(data)
 
 
-def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, lr: float = 1e-4,
-                  batch: int = 2, calib_text: str | list[str] = "calibration", n_samples: int = 128,
-                  seq_len: int = 512, n_heldout: int = 8, patience: int = 3,
+def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = FINETUNE_EPOCHS,
+                  lr: float = FINETUNE_LR, batch: int = FINETUNE_BATCH,
+                  calib_text: str | list[str] = DEFAULT_CALIBRATION,
+                  n_samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN,
+                  n_heldout: int = DEFAULT_HELDOUT, patience: int = FINETUNE_PATIENCE,
                   checkpoint_dir: Path | None = None, save_decoded: Path | None = None,
                   embedding_type: str = "q8_0", seed: int = 0, device: str = "cpu",
                   progress: bool = True) -> FinetuneReport:
@@ -130,9 +134,9 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = 1, 
     from lowbit_gguf.evaluate import load_hf_model
     from lowbit_gguf.gguf.convert import check_model_dir
     from lowbit_gguf.gguf.inspect import read_summary
-    from lowbit_gguf.quantize import export_gguf
+    from lowbit_gguf.export import export_gguf
     from lowbit_gguf.files import save_torch
-    from lowbit_gguf.sequential import Checkpoint
+    from lowbit_gguf.blocks import Checkpoint
     from lowbit_gguf.training import EarlyStopping, mean_over_batches
 
     started = time.time()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lowbit_gguf.blocks import batch_kwargs
+
 
 @dataclass
 class BlockData:
@@ -77,19 +79,6 @@ def mean_over_batches(loss_of_rows: Callable[[int, int], float], start: int, sto
         end = min(begin + batch, stop)
         total += loss_of_rows(begin, end) * (end - begin)
     return total / (stop - start)
-
-
-def batch_kwargs(kwargs: dict, start: int, stop: int, n_seq: int) -> dict:
-    """Slice per-sequence tensors (batch dim == n_seq) to one mini-batch; shared ones pass as they are."""
-
-    def cut(v):
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n_seq and n_seq > 1:
-            return v[start:stop]
-        if isinstance(v, tuple):
-            return tuple(cut(x) for x in v)
-        return v
-
-    return {k: cut(v) for k, v in kwargs.items()}
 
 
 def train_block(block: nn.Module, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,

@@ -48,7 +48,7 @@ def tiny_aqlm_1x16(default_model_dir, tmp_path_factory):
 
 def quantize_tiny_aqlm(config_text, default_model_dir, tmp_path_factory):
     from lowbit_gguf.methods import get_method
-    from lowbit_gguf.quantize import quantize_checkpoint
+    from lowbit_gguf.export import quantize_checkpoint
 
     folder = tmp_path_factory.mktemp(f"tiny-aqlm-{config_text}")
     make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128, intermediate=512)
@@ -64,7 +64,7 @@ def quantize_tiny_aqlm(config_text, default_model_dir, tmp_path_factory):
 def tiny_ptq161(default_model_dir, tmp_path_factory):
     """(GGUF, decoded HF checkpoint) of a 2-block Llama with hidden 128 quantized with PTQ1.61 (20% salient)."""
     from lowbit_gguf.methods import get_method
-    from lowbit_gguf.quantize import quantize_checkpoint
+    from lowbit_gguf.export import quantize_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny-ptq161")
     make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128)
@@ -99,6 +99,15 @@ def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int =
             shutil.copy2(tokenizer_dir / name, folder / name)
     return model
 
+
+def aqlm_configs() -> list[str]:
+    """The AQLM configs the runtime has a type for, from the type table: a new type is covered by its row."""
+    from lowbit_gguf.gguf.types import LOWBIT_TYPES
+
+    return [f"{t.num_codebooks}x{t.code_bits}" for t in LOWBIT_TYPES if t.method == "aqlm"]
+
+
+AQLM_CONFIGS = aqlm_configs()
 
 TINY_CONFIGS = {"rtn": "w4g32", "aqlm": "2x8", "aqlm-1x8": "1x8", "ptq161": "s20"}
 

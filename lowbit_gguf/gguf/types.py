@@ -253,7 +253,8 @@ def render_ids() -> str:
             lines.append("};\n")
     lines.append(f"\n#define GGML_LOWBIT_MAX_SIDES {max(len(m.sides) for m in METHODS.values())}\n")
     members = " ".join(f"struct ggml_lowbit_{m.name}_params {m.name};" for m in METHODS.values() if m.type_params)
-    lines.append(f"// the members of ggml_lowbit_type_info's parameter union\n#define GGML_LOWBIT_METHOD_PARAMS {members}\n")
+    lines.append("// the members of ggml_lowbit_type_info's parameter union\n")
+    lines.append(f"#define GGML_LOWBIT_METHOD_PARAMS {members}\n")
     return "".join(lines)
 
 
@@ -266,16 +267,26 @@ def render_table() -> str:
         suffixes = ", ".join(f'"{s.suffix}"' for s in m.sides)
         types = ", ".join(f"GGML_TYPE_{s.ggml_type}" for s in m.sides)
         params = f", .{m.name} = {{ {', '.join(str(v) for _, v in t.params)} }}" if m.type_params else ""
-        lines.append(f'    {{ .type = {t.ggml_enum}, .name = "{t.name.lower()}", .method = GGML_LOWBIT_METHOD_{m.c_name}, '
-                     f".block_size = {t.block_size}, .type_size = {t.type_size}, .n_sides = {len(m.sides)},\n"
+        lines.append(f'    {{ .type = {t.ggml_enum}, .name = "{t.name.lower()}", '
+                     f".method = GGML_LOWBIT_METHOD_{m.c_name},\n"
+                     f"      .block_size = {t.block_size}, .type_size = {t.type_size}, .n_sides = {len(m.sides)},\n"
                      f"      .sides = {{ {suffixes} }}, .side_types = {{ {types} }}{params} }},\n")
     lines.append("};\n")
     return "".join(lines)
 
 
+def _render_method_externs(struct: str, prefix: str) -> str:
+    """Declarations of a backend's method structs, one per method (each defined in that method's file)."""
+    lines = [_HEADER, "#pragma once\n\n"]
+    lines += [f"extern const {struct} {prefix}{m.name};\n" for m in METHODS.values()]
+    return "".join(lines)
+
+
 def _render_method_rows(prefix: str) -> str:
-    lines = [_HEADER, "// One row per method: the method's struct, indexed by its enum value.\n"]
-    lines += [f"    [GGML_LOWBIT_METHOD_{m.c_name}] = &{prefix}{m.name},\n" for m in METHODS.values()]
+    """The rows of a backend's method table, indexed by the method enum (positional, so C and C++ both take it)."""
+    lines = [_HEADER, "// One row per method: the method's struct, at its enum value.\n"]
+    by_id = {m.c_id: m for m in METHODS.values()}
+    lines += [f"    &{prefix}{by_id[i].name},\n" if i in by_id else "    NULL,\n" for i in range(max(by_id) + 1)]
     return "".join(lines)
 
 
@@ -283,7 +294,14 @@ GENERATED = {
     "ggml/include/ggml-lowbit-types.inc": render_enum,
     "ggml/include/ggml-lowbit-ids.inc": render_ids,
     "ggml/src/lowbit/lowbit-methods.inc": lambda: _render_method_rows("ggml_lowbit_base_"),
+    "ggml/src/lowbit/lowbit-methods.h": lambda: _render_method_externs("struct ggml_lowbit_base_method",
+                                                                       "ggml_lowbit_base_"),
     "ggml/src/ggml-cpu/lowbit/lowbit-methods.inc": lambda: _render_method_rows("lowbit_cpu_"),
+    "ggml/src/ggml-cpu/lowbit/lowbit-methods.h": lambda: _render_method_externs("struct lowbit_cpu_method",
+                                                                                "lowbit_cpu_"),
+    "ggml/src/ggml-cuda/lowbit-methods.inc": lambda: _render_method_rows("ggml_cuda_lowbit_"),
+    "ggml/src/ggml-cuda/lowbit-methods.cuh": lambda: _render_method_externs("ggml_cuda_lowbit_method",
+                                                                            "ggml_cuda_lowbit_"),
     "ggml/src/ggml-lowbit-traits.inc": render_traits,
     "ggml/src/ggml-lowbit-table.h": render_table,
     "ggml/src/ggml-cpu/ggml-lowbit-cpu-traits.inc": render_cpu_traits,

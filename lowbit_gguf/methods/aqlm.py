@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
-from lowbit_gguf.nearest import nearest_codewords
+from lowbit_gguf.additive import additive_decode, beam_search_codes, objective
+from lowbit_gguf.kmeans import kmeans
 from lowbit_gguf.training import BlockData, train_block
 
 
@@ -72,93 +73,7 @@ def bits_per_weight(config: AQLMConfig, d_out: int, d_in: int) -> float:
 
 
 def decode(payload: dict[str, torch.Tensor], config: AQLMConfig) -> torch.Tensor:
-    codes = payload["codes"].long()  # [d_out, n_groups, M]
-    codebooks = payload["codebooks"].float()  # [M, K, g]
-    scales = payload["scales"].float()  # [d_out]
-    d_out, n_groups, n_cb = codes.shape
-    groups = sum(codebooks[m][codes[..., m]] for m in range(n_cb))  # [d_out, n_groups, g]
-    return scales[:, None] * groups.reshape(d_out, n_groups * config.group_size)
-
-
-def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain k-means on rows of x [n, g]: (centroids [k, g], assignment [n]). Stops early at a fixed point
-    (an unchanged assignment gives unchanged centroids)."""
-    n = x.shape[0]
-    # random draws come from the (CPU) generator, so a GPU run starts where a CPU run does
-    perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
-    centroids = x[perm[:k]].clone()
-    if n <= k:  # every point is a codeword; pad with jittered copies
-        extra = centroids[torch.randint(0, n, (k - n,), generator=generator, device=generator.device).to(x.device)]
-        noise = torch.randn(extra.shape, generator=generator, device=generator.device).to(x.device)
-        assign = torch.empty(n, dtype=torch.long, device=x.device).index_put_((perm,), torch.arange(n, device=x.device))
-        return torch.cat([centroids, extra + 1e-3 * noise]), assign
-
-    def nearest(c: torch.Tensor) -> torch.Tensor:
-        return nearest_codewords(x, c, (c * c).sum(1))[1]
-
-    assign = None
-    for _ in range(iters):
-        previous, assign = assign, nearest(centroids)
-        if previous is not None and torch.equal(previous, assign):
-            return centroids, assign
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k)[:, None]
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    return centroids, nearest(centroids)
-
-
-def objective(error: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
-    """tr(E H E^T) for E [d_out, d_in]."""
-    return ((error @ hessian) * error).sum()
-
-
-def beam_search_codes(weight, hessian, codes, codebooks, scales, config, generator) -> torch.Tensor:
-    """One sweep over input groups (shuffled): for each group, all rows at once, codebooks in turn,
-    keeping beam_size hypotheses; a group's codes change only when that lowers the objective."""
-    d_out, d_in = weight.shape
-    g, n_cb = config.group_size, config.num_codebooks
-    codes = codes.clone()
-    approx = decode({"codes": codes, "codebooks": codebooks, "scales": scales}, config)
-    err_h = (approx - weight) @ hessian  # [d_out, d_in], kept current as groups change
-    s_row = scales.where(scales != 0, torch.full_like(scales, 1e-30))  # one codebook: the query divides by it
-    for j in torch.randperm(d_in // g, generator=generator, device=generator.device).tolist():
-        cols = slice(j * g, (j + 1) * g)
-        h_jj = hessian[cols, cols]  # [g, g]
-        grad = err_h[:, cols]  # [d_out, g]: (E H) restricted to this group
-        old = sum(codebooks[m][codes[:, j, m]] for m in range(n_cb))  # [d_out, g]
-        # hypotheses: [d_out, beam, M] codes with their summed vectors
-        hyp = codes[:, j][:, None, :]
-        s = scales[:, None, None]  # [d_out, 1, 1]
-        for m in range(n_cb):
-            others = sum((codebooks[mm][hyp[..., mm]] for mm in range(n_cb) if mm != m),
-                         weight.new_zeros(d_out, hyp.shape[1], g))  # [d_out, beam, g]
-            # change of the group for codeword c: delta = a + s c with a = s (others - old); its cost
-            # 2 delta.grad + delta^T H_jj delta, expanded so the codebook enters only through matmuls
-            a = s * (others - old[:, None, :])
-            a_h = a @ h_jj
-            const = 2 * (a * grad[:, None, :]).sum(-1) + (a_h * a).sum(-1)  # [d_out, beam]
-            cb = codebooks[m]  # [K, g]
-            c_h_c = ((cb @ h_jj) * cb).sum(-1)  # [K]
-            if n_cb == 1:  # one hypothesis: the best codeword is a nearest-codeword query (no [d_out, K] scores)
-                values, choice = nearest_codewords(-(grad + a_h[:, 0]) / s_row[:, None], cb, c_h_c)
-                hyp, best_score = choice[:, None, None], const[:, 0] + s_row * s_row * values
-                break
-            linear = 2 * (grad[:, None, :] + a_h) @ cb.T  # [d_out, beam, K]
-            score = const[..., None] + s * linear + s * s * c_h_c
-            flat = score.reshape(d_out, -1)
-            top = flat.topk(min(config.beam_size, flat.shape[1]), dim=1, largest=False).indices
-            parent, choice = top // codebooks.shape[1], top % codebooks.shape[1]
-            hyp = torch.gather(hyp, 1, parent[..., None].expand(-1, -1, n_cb)).clone()
-            hyp[..., m] = choice
-            best_score = torch.gather(flat, 1, top[:, :1])[:, 0]
-        best = hyp[:, 0]  # [d_out, M]
-        improves = best_score < 0
-        new_codes = torch.where(improves[:, None], best, codes[:, j])
-        new = sum(codebooks[m][new_codes[:, m]] for m in range(n_cb))
-        delta = scales[:, None] * (new - old)  # [d_out, g]
-        err_h += delta @ hessian[cols, :]
-        codes[:, j] = new_codes
-    return codes
+    return additive_decode(payload["codes"], payload["codebooks"], payload["scales"])
 
 
 def train_codebooks_and_scales(weight, hessian, codes, codebooks, scales, config):
@@ -204,7 +119,7 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: AQLMConfig) ->
         codebooks, scales = train_codebooks_and_scales(w, h, codes, codebooks, scales, config)
         if loss_of(codes, codebooks, scales) > best_loss:  # Adam overshot: search codes from the best state
             codes, codebooks, scales = best
-        codes = beam_search_codes(w, h, codes, codebooks, scales, config, gen)
+        codes = beam_search_codes(w, h, codes, codebooks, scales, config.beam_size, gen)
         current = loss_of(codes, codebooks, scales)
         gain = (best_loss - current) / max(best_loss, 1e-30)
         if current < best_loss:

@@ -25,4 +25,4 @@ def decode(payload: dict[str, torch.Tensor], config: IdentityConfig) -> torch.Te
     return payload["weight"]
 
 
-register(MethodSpec("identity", IdentityConfig, quantize, decode, "no quantization (tests the driver)"))
+register(MethodSpec("identity", IdentityConfig, quantize, decode, "no quantization (tests the driver)", listed=False))

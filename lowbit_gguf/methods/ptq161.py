@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
+from lowbit_gguf.methods import MethodSpec, QuantizedLinear, StageContext, register
 from lowbit_gguf.training import BlockData, train_block
 
 SALIENT_BITS = 4
@@ -230,30 +230,26 @@ class _LoRALinear(torch.nn.Module):
 LORA_SAVE_EVERY = 16  # adapter training steps between checkpoints
 
 
-def restorative_lora(model, calibration, config: PTQ161Config, device: str = "cpu",
-                     progress: bool = True, checkpoint_dir=None) -> None:
+def restorative_lora(model, calibration, config: PTQ161Config, context: StageContext) -> None:
     """The paper's quantization preprocessing: quantize a copy of the model, train low-rank adapters on the
     quantized copy, and add them to `model`'s float weights (in place). Off when config.lora_rank is 0.
-    With checkpoint_dir, the first quantization pass, the adapter training (every LORA_SAVE_EVERY steps) and the
-    result are saved there, and an interrupted run resumes where it stopped."""
+    With context.checkpoint_dir, the first quantization pass, the adapter training (every LORA_SAVE_EVERY steps)
+    and the result are saved there, and an interrupted run resumes where it stopped."""
     if config.lora_rank <= 0:
         return
     from dataclasses import asdict
-    from pathlib import Path
 
+    from lowbit_gguf.blocks import Checkpoint, block_linears, decoder_blocks
     from lowbit_gguf.files import save_torch
-    from lowbit_gguf.sequential import Checkpoint, as_calibration, block_linears, decoder_blocks
 
-    calibration = as_calibration(calibration)
-    folder = None
-    if checkpoint_dir is not None:
-        folder = Path(checkpoint_dir)
+    folder = context.checkpoint_dir
+    if folder is not None:
         Checkpoint(folder, {"stage": "restorative LoRA", "config": asdict(config),
                             "calibration": calibration.fingerprint()})  # refuses another run's folder
     if folder is not None and (folder / "deltas.pt").exists():
         deltas = torch.load(folder / "deltas.pt", weights_only=True)
     else:
-        deltas = _train_lora_deltas(model, calibration, config, device, progress, folder)
+        deltas = _train_lora_deltas(model, calibration, config, context)
         if folder is not None:
             save_torch(deltas, folder / "deltas.pt", "the restorative LoRA's weight changes")
     with torch.no_grad():
@@ -262,22 +258,21 @@ def restorative_lora(model, calibration, config: PTQ161Config, device: str = "cp
                 linear.weight += deltas[f"{i}.{name}"].to(linear.weight.dtype)
 
 
-def _train_lora_deltas(model, calibration, config: PTQ161Config, device: str, progress: bool, folder) -> dict:
+def _train_lora_deltas(model, calibration, config: PTQ161Config, context: StageContext) -> dict:
     """{"block.linear": B A} of adapters trained with the next-token loss on a quantized copy of model, the
     ones with the lowest held-out loss (judged every LORA_SAVE_EVERY steps) when the calibration set has
     held-out windows."""
     import copy
-    from dataclasses import replace
 
     from tqdm import tqdm
 
+    from lowbit_gguf.blocks import block_linears, decoder_blocks
     from lowbit_gguf.files import save_torch
-    from lowbit_gguf.sequential import block_linears, decoder_blocks, quantize_model
     from lowbit_gguf.training import EarlyStopping, mean_over_batches
 
+    folder, device, progress = context.checkpoint_dir, context.device, context.progress
     quantized = copy.deepcopy(model)
-    quantize_model(quantized, calibration, replace(METHOD, preprocess=None), config, device=device,
-                   progress=progress, checkpoint_dir=None if folder is None else folder / "first_pass")
+    context.quantize_model(quantized, calibration, None if folder is None else folder / "first_pass")
     gen = torch.Generator().manual_seed(config.seed)
     adapters = {}
     for i, block in enumerate(decoder_blocks(quantized)):

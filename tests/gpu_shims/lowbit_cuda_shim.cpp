@@ -1,12 +1,13 @@
-// Runs the CUDA kernels' arithmetic (lowbit-lanes.cuh) on the CPU as lowbit.cu's kernels combine it: for the GEMV,
-// the 32 lanes of a row's warp in turn, their partials summed as warp_reduce_sum does; for the prompt path's
-// decode, every group or weight.
+// Runs the CUDA kernels' arithmetic (lowbit-<method>-lanes.cuh) on the CPU as lowbit-<method>.cu's kernels
+// combine it: for the GEMV, the 32 lanes of a row's warp in turn, their partials summed as warp_reduce_sum does;
+// for the prompt path's decode, every group or weight.
 #include "cuda_shim.h"
 
 #include <vector>
 
 #include "ggml-lowbit.h"
-#include "lowbit-lanes.cuh"
+#include "lowbit-aqlm-lanes.cuh"
+#include "lowbit-ptq161-lanes.cuh"
 
 // dst [n_tokens][n_rows] = W x for x [n_tokens][n_blocks * 8]; decoded [n_rows][n_blocks * 8] = W
 template <int M, int B>

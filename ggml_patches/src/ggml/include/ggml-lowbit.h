@@ -52,8 +52,13 @@ GGML_API int64_t ggml_lowbit_ptq161_n_salient(const struct ggml_tensor * spill);
 
 // PTQ1.61: byte i of a row's code stream (sign bytes, then salient code pairs); the row tensor holds the first
 // row_bytes of it, the spill row the rest
-static inline uint8_t ggml_lowbit_ptq161_stream_byte(const uint8_t * row, const uint8_t * spill, int64_t row_bytes,
-                                                     int64_t i) {
+#ifdef __CUDACC__
+#    define GGML_LOWBIT_INLINE static inline __host__ __device__  // the CUDA kernels read the same helpers
+#else
+#    define GGML_LOWBIT_INLINE static inline
+#endif
+GGML_LOWBIT_INLINE uint8_t ggml_lowbit_ptq161_stream_byte(const uint8_t * row, const uint8_t * spill, int64_t row_bytes,
+                                                          int64_t i) {
     return i < row_bytes ? row[i] : spill[i - row_bytes];
 }
 

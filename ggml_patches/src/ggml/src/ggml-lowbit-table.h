@@ -4,12 +4,16 @@
 #include "ggml-lowbit.h"
 
 static const struct ggml_lowbit_type_info ggml_lowbit_type_table[] = {
-    { .type = GGML_TYPE_LOWBIT_AQLM_1X16, .name = "aqlm_1x16", .method = GGML_LOWBIT_METHOD_AQLM, .block_size = 8, .type_size = 2, .n_sides = 2,
+    { .type = GGML_TYPE_LOWBIT_AQLM_1X16, .name = "aqlm_1x16", .method = GGML_LOWBIT_METHOD_AQLM,
+      .block_size = 8, .type_size = 2, .n_sides = 2,
       .sides = { "codebook", "row_scale" }, .side_types = { GGML_TYPE_F16, GGML_TYPE_F16 }, .aqlm = { 1, 16 } },
-    { .type = GGML_TYPE_LOWBIT_AQLM_2X8, .name = "aqlm_2x8", .method = GGML_LOWBIT_METHOD_AQLM, .block_size = 8, .type_size = 2, .n_sides = 2,
+    { .type = GGML_TYPE_LOWBIT_AQLM_2X8, .name = "aqlm_2x8", .method = GGML_LOWBIT_METHOD_AQLM,
+      .block_size = 8, .type_size = 2, .n_sides = 2,
       .sides = { "codebook", "row_scale" }, .side_types = { GGML_TYPE_F16, GGML_TYPE_F16 }, .aqlm = { 2, 8 } },
-    { .type = GGML_TYPE_LOWBIT_AQLM_1X8, .name = "aqlm_1x8", .method = GGML_LOWBIT_METHOD_AQLM, .block_size = 8, .type_size = 1, .n_sides = 2,
+    { .type = GGML_TYPE_LOWBIT_AQLM_1X8, .name = "aqlm_1x8", .method = GGML_LOWBIT_METHOD_AQLM,
+      .block_size = 8, .type_size = 1, .n_sides = 2,
       .sides = { "codebook", "row_scale" }, .side_types = { GGML_TYPE_F16, GGML_TYPE_F16 }, .aqlm = { 1, 8 } },
-    { .type = GGML_TYPE_LOWBIT_PTQ161, .name = "ptq161", .method = GGML_LOWBIT_METHOD_PTQ161, .block_size = 8, .type_size = 1, .n_sides = 4,
+    { .type = GGML_TYPE_LOWBIT_PTQ161, .name = "ptq161", .method = GGML_LOWBIT_METHOD_PTQ161,
+      .block_size = 8, .type_size = 1, .n_sides = 4,
       .sides = { "salient_mask", "salient_spill", "row_params", "col_scale" }, .side_types = { GGML_TYPE_I8, GGML_TYPE_I8, GGML_TYPE_F16, GGML_TYPE_F16 } },
 };

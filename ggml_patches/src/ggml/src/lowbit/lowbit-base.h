@@ -20,8 +20,7 @@ struct ggml_lowbit_base_method {
                             int64_t n_per_row, int64_t row0, int64_t n_rows, const void * const * sides, float * out);
 };
 
-extern const struct ggml_lowbit_base_method ggml_lowbit_base_aqlm;
-extern const struct ggml_lowbit_base_method ggml_lowbit_base_ptq161;
+#include "lowbit-methods.h"  // each method's struct, declared from lowbit_gguf/gguf/types.py
 
 // number of bits set in n bytes
 int64_t ggml_lowbit_count_set_bits(const uint8_t * bytes, int64_t n);

@@ -93,5 +93,4 @@ struct lowbit_cpu_method {
     bool (*repackable)(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * w);
 };
 
-extern const struct lowbit_cpu_method lowbit_cpu_aqlm;
-extern const struct lowbit_cpu_method lowbit_cpu_ptq161;
+#include "lowbit-methods.h"  // each method's struct, declared from lowbit_gguf/gguf/types.py

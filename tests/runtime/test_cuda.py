@@ -118,7 +118,9 @@ def test_cuda_sources_compile_with_nvcc(runtime_build, tmp_path):
         pytest.skip(str(exc))
     if cublas:
         env["CPATH"] = str(cublas[0])
-    for name in ("lowbit.cu", "ggml-cuda.cu"):
+    names = sorted(p.name for p in (src / "src" / "ggml-cuda").glob("lowbit*.cu")) + ["ggml-cuda.cu"]
+    assert {"lowbit.cu", "lowbit-aqlm.cu", "lowbit-ptq161.cu"} <= set(names)
+    for name in names:
         proc = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-DGGML_CUDA_NO_VMM", "-I", src / "src",
                                "-I", src / "include", "-c", src / "src" / "ggml-cuda" / name,
                                "-o", tmp_path / (name + ".o")], capture_output=True, text=True, env=env)

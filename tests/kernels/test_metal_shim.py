@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import compile_gpu_shim, random_aqlm_payload, random_ptq161_payload
+from conftest import AQLM_CONFIGS, compile_gpu_shim, random_aqlm_payload, random_ptq161_payload
 from lowbit_gguf.runtime.build import PATCH_DIR
 
 METAL_DIR = PATCH_DIR / "src" / "ggml" / "src" / "ggml-metal"
@@ -22,7 +22,7 @@ def shim(tmp_path_factory):
                             ["aqlm_metal_shim.cpp", "ptq161_metal_shim.cpp"], [METAL_DIR], CDEF)
 
 
-@pytest.mark.parametrize("config_text", ["1x16", "2x8", "1x8"])
+@pytest.mark.parametrize("config_text", AQLM_CONFIGS)
 def test_metal_gemv_arithmetic_matches_python(shim, config_text):
     ffi, lib = shim
     spec, config, payload = random_aqlm_payload(config_text, d_out=40, d_in=512)

@@ -7,7 +7,7 @@ import gguf
 from lowbit_gguf.gguf.types import BY_ID, FIRST_ID, GENERATED, LOWBIT_TYPES, SRC_DIR, aqlm_type, gguf_type
 from lowbit_gguf.gguf.write import PackedWeight, llama_rows_permutation
 
-from conftest import random_aqlm_payload
+from conftest import AQLM_CONFIGS, random_aqlm_payload
 
 
 @pytest.mark.parametrize("rel", sorted(GENERATED))
@@ -36,7 +36,7 @@ def test_aqlm_configs_map_to_types():
         aqlm_type(3, 8, 8)
 
 
-@pytest.mark.parametrize("config_text", ["1x16", "2x8", "1x8"])
+@pytest.mark.parametrize("config_text", AQLM_CONFIGS)
 def test_aqlm_pack_layout(config_text):
     spec, config, payload = random_aqlm_payload(config_text)
     packed = spec.pack(payload, config)

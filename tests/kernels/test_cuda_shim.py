@@ -1,11 +1,11 @@
 """The CUDA kernels' arithmetic (ggml-cuda/lowbit-lanes.cuh: AQLM and PTQ1.61, GEMV lanes and prompt decode),
 compiled as C++ through a small shim and run as lowbit.cu's kernels combine it, against the Python decode on the
-same bytes. Where a GPU is lent, tests/test_cuda.py runs the kernels themselves."""
+same bytes. Where a GPU is lent, tests/runtime/test_cuda.py runs the kernels themselves."""
 
 import numpy as np
 import pytest
 
-from conftest import compile_gpu_shim, random_aqlm_payload, random_ptq161_payload
+from conftest import AQLM_CONFIGS, compile_gpu_shim, random_aqlm_payload, random_ptq161_payload
 from lowbit_gguf.runtime.build import PATCH_DIR
 
 CUDA_DIR = PATCH_DIR / "src" / "ggml" / "src" / "ggml-cuda"
@@ -36,7 +36,7 @@ def check(out, decoded, w, x):
     assert np.max(np.abs(out - want) / (magnitude + 1e-6)) < 1e-5
 
 
-@pytest.mark.parametrize("config_text", ["1x16", "2x8", "1x8"])
+@pytest.mark.parametrize("config_text", AQLM_CONFIGS)
 def test_cuda_aqlm_arithmetic_matches_python(shim, config_text):
     ffi, lib = shim
     spec, config, payload = random_aqlm_payload(config_text, d_out=D_OUT, d_in=D_IN)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lowbit_gguf.methods import get_method
-from lowbit_gguf.methods.aqlm import AQLMConfig, bits_per_weight, objective
+from lowbit_gguf.additive import objective
+from lowbit_gguf.methods.aqlm import AQLMConfig, bits_per_weight
 
 SPEC = get_method("aqlm")
 FAST = dict(max_rounds=2, adam_steps=10, kmeans_iters=8, beam_size=2)
@@ -78,7 +79,8 @@ def test_configs_and_bits_per_weight():
 def test_beam_search_finds_the_brute_force_optimum_for_one_group(nbits):
     """One group per row and one codebook: the search must pick, per row, the codeword that a naive
     pass over all codewords finds best under the H-weighted objective."""
-    from lowbit_gguf.methods.aqlm import beam_search_codes, decode
+    from lowbit_gguf.additive import beam_search_codes
+    from lowbit_gguf.methods.aqlm import decode
 
     g = torch.Generator().manual_seed(5)
     k = 2**nbits
@@ -89,7 +91,7 @@ def test_beam_search_finds_the_brute_force_optimum_for_one_group(nbits):
     codebooks = torch.randn(1, k, 8, generator=g)
     scales = torch.rand(16, generator=g) + 0.5
     start = torch.zeros(16, 1, 1, dtype=torch.long)
-    found = beam_search_codes(w, h, start, codebooks, scales, config, g)
+    found = beam_search_codes(w, h, start, codebooks, scales, config.beam_size, g)
     for r in range(16):
         errors = scales[r] * codebooks[0] - w[r]  # [K, 8]: row r's error with each codeword
         costs = ((errors @ h) * errors).sum(-1)
@@ -136,8 +138,8 @@ def test_nearest_codewords_refuse_mismatched_shapes_and_name_a_missing_compiler(
 
 
 def test_kmeans_stops_at_its_fixed_point_and_keeps_every_point_when_codewords_suffice(monkeypatch):
-    from lowbit_gguf.methods import aqlm
-    from lowbit_gguf.methods.aqlm import kmeans
+    from lowbit_gguf import kmeans as kmeans_module
+    from lowbit_gguf.kmeans import kmeans
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(100, 8, generator=g)
@@ -146,14 +148,29 @@ def test_kmeans_stops_at_its_fixed_point_and_keeps_every_point_when_codewords_su
     # two tight clusters: the assignment settles at once, and the centroids are the cluster means
     x = torch.cat([torch.randn(50, 8, generator=g) * 0.01 + 5, torch.randn(50, 8, generator=g) * 0.01 - 5])
     searches = []
-    real = aqlm.nearest_codewords
-    monkeypatch.setattr(aqlm, "nearest_codewords", lambda *a: searches.append(1) or real(*a))
+    real = kmeans_module.nearest_codewords
+    monkeypatch.setattr(kmeans_module, "nearest_codewords", lambda *a: searches.append(1) or real(*a))
     centroids, assign = kmeans(x, 2, 20, g)
     # the first assignment already splits the clusters (at most a few steps): the fixed point ends the loop
     assert len(searches) <= 4
     assert assign[:50].unique().numel() == 1 and assign[50:].unique().numel() == 1 and assign[0] != assign[50]
     assert torch.allclose(centroids[assign[0]], x[:50].mean(0))
     assert torch.allclose(centroids[assign[50]], x[50:].mean(0))
+
+
+def test_weighted_kmeans_centroids_are_weighted_means():
+    """VPTQ weights its k-means by each vector's Hessian diagonal: a heavy point pulls its centroid to itself."""
+    from lowbit_gguf.kmeans import kmeans
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(20, 4, generator=g) * 0.1 + 3, torch.randn(20, 4, generator=g) * 0.1 - 3])
+    weights = torch.ones(40)
+    weights[0] = 1000.0
+    centroids, assign = kmeans(x, 2, 10, g, weights=weights)
+    heavy = centroids[assign[0]]
+    expected = (x[:20] * weights[:20, None]).sum(0) / weights[:20].sum()
+    torch.testing.assert_close(heavy, expected)
+    assert (heavy - x[0]).norm() < 0.2 * (x[:20].mean(0) - x[0]).norm()
 
 
 def test_1x16_keeps_small_weights_nearly_exact():
@@ -165,7 +182,8 @@ def test_1x16_keeps_small_weights_nearly_exact():
 
 
 def test_block_finetuning_brings_outputs_closer_to_the_float_block(tmp_path):
-    from lowbit_gguf.sequential import capture_block_inputs, decoder_blocks, quantize_model
+    from lowbit_gguf.blocks import capture_block_inputs, decoder_blocks
+    from lowbit_gguf.sequential import quantize_model
 
     from conftest import make_tiny_llama
 

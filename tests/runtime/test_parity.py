@@ -43,7 +43,7 @@ def test_f16_gguf_perplexity_matches_transformers(default_f16_gguf, default_mode
 
 def test_rtn_reference_decode_matches_its_gguf(default_model_dir, eval_tokens, tmp_path, runtime_build):
     """The whole path: calibration -> sequential driver -> GGUF -> runtime, against the Python decode."""
-    from lowbit_gguf.quantize import quantize_checkpoint
+    from lowbit_gguf.export import quantize_checkpoint
 
     report = quantize_checkpoint(default_model_dir, "rtn", "w3g32", tmp_path / "rtn.gguf", n_samples=4,
                                  seq_len=128, save_decoded=tmp_path / "decoded", progress=False)

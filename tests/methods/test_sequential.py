@@ -5,7 +5,8 @@ import torch
 
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.methods import MethodSpec, get_method
-from lowbit_gguf.sequential import block_linears, capture_block_inputs, decoder_blocks, quantize_model
+from lowbit_gguf.blocks import block_linears, capture_block_inputs, decoder_blocks
+from lowbit_gguf.sequential import quantize_model
 
 from conftest import TINY_CONFIGS, make_tiny_llama, tiny_config
 

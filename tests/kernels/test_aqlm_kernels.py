@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.write import PackedWeight
-from conftest import BF16_BOUND, BF16_PROMPTS, cpu_has, random_aqlm_payload
+from conftest import AQLM_CONFIGS, BF16_BOUND, BF16_PROMPTS, cpu_has, random_aqlm_payload
 
 pytestmark = pytest.mark.runtime
 
-CONFIGS = ["1x16", "2x8", "1x8"]
+CONFIGS = AQLM_CONFIGS
 
 
 def reference_matmul(spec, config, payload, x):

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from lowbit_gguf.calibration import as_calibration
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.types import SALIENT_MASK, SALIENT_SPILL
 from lowbit_gguf.methods import get_method
 from lowbit_gguf.methods.ptq161 import PTQ161Config, bits_per_weight, n_salient
+from lowbit_gguf.sequential import stage_context
 from lowbit_gguf.training import BlockData
 from conftest import random_ptq161_payload
 
@@ -69,20 +71,20 @@ def test_pack_lays_out_signs_then_salient_codes_with_the_rest_spilled():
         assert (byte >> 4 if k % 2 else byte & 15) == int(p["salient_codes"][3, k])
     mask_bits = np.unpackbits(packed.sides[SALIENT_MASK].view(np.uint8), bitorder="little").astype(bool)
     np.testing.assert_array_equal(mask_bits, p["mask"].numpy())
-    assert packed.n_salient == 16
+    assert packed.weight_params == {"n_salient": 16}
 
 
 def test_block_training_brings_the_block_closer_to_the_float_block(tmp_path):
     """One tiny Llama block: the trained scales give a smaller output error than the initial ones."""
     from conftest import make_tiny_llama
-    from lowbit_gguf.sequential import (block_linears, capture_block_inputs, collect_input_statistics,
-                                        decoder_blocks, _run_block)
+    from lowbit_gguf.blocks import (block_linears, capture_block_inputs, collect_input_statistics, decoder_blocks,
+                                    run_block)
 
     model = make_tiny_llama(tmp_path / "m", layers=1, hidden=64)
     tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
     hidden, kwargs = capture_block_inputs(model, tokens)
     block = decoder_blocks(model)[0]
-    target = _run_block(block, hidden, kwargs, 8)
+    target = run_block(block, hidden, kwargs, 8)
     spec = get_method("ptq161")
     config = PTQ161Config(epochs=10, lr=5e-3)
     stats = collect_input_statistics(block, hidden, kwargs, 8, "absmax")
@@ -91,7 +93,7 @@ def test_block_training_brings_the_block_closer_to_the_float_block(tmp_path):
     def error():
         for name, lin in block_linears(block).items():
             lin.weight.data.copy_(results[name].decoded)
-        return ((_run_block(block, hidden, kwargs, 8) - target).pow(2).mean() / target.pow(2).mean()).item()
+        return ((run_block(block, hidden, kwargs, 8) - target).pow(2).mean() / target.pow(2).mean()).item()
 
     before = error()
     spec.finetune_block(block, results, BlockData(hidden, target, kwargs, len(hidden), target), config)
@@ -125,12 +127,12 @@ def test_driver_gives_activation_maxima_and_float_targets_and_resumes(tmp_path):
     assert all(s.dim() == 1 and (s >= 0).all() for s in seen["stats"])  # max |x| per input channel
     assert len(seen["float"]) == 2 and all(f is not None for f in seen["float"])
     # block 1's float targets: the float model's blocks 0 and 1 on the float activations
-    from lowbit_gguf.sequential import _run_block, capture_block_inputs, decoder_blocks
+    from lowbit_gguf.blocks import run_block, capture_block_inputs, decoder_blocks
 
     float_model = make_tiny_llama(tmp_path / "f", layers=2)  # same seed: the same weights as `full` had
     hidden, kwargs = capture_block_inputs(float_model, tokens)
     blocks = decoder_blocks(float_model)
-    want = _run_block(blocks[1], _run_block(blocks[0], hidden, kwargs, 8), kwargs, 8)
+    want = run_block(blocks[1], run_block(blocks[0], hidden, kwargs, 8), kwargs, 8)
     torch.testing.assert_close(seen["float"][1], want)
 
     calls = {"n": 0}
@@ -155,13 +157,15 @@ def test_driver_gives_activation_maxima_and_float_targets_and_resumes(tmp_path):
 def test_restorative_lora_adds_low_rank_updates_that_help_the_quantized_model(tmp_path):
     from conftest import make_tiny_llama
     from lowbit_gguf.methods.ptq161 import restorative_lora
-    from lowbit_gguf.sequential import block_linears, decoder_blocks, quantize_model
+    from lowbit_gguf.blocks import block_linears, decoder_blocks
+    from lowbit_gguf.sequential import quantize_model
 
     tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(5))
     config = PTQ161Config(epochs=0, lora_rank=4, lora_steps=30, lora_lr=5e-3, lora_batch=4)
     model = make_tiny_llama(tmp_path / "m", layers=2)
     before = {n: l.weight.detach().clone() for n, l in block_linears(decoder_blocks(model)[1]).items()}
-    restorative_lora(model, tokens, config, progress=False)
+    restorative_lora(model, as_calibration(tokens), config,
+                     stage_context(get_method("ptq161"), config, progress=False))
     for name, linear in block_linears(decoder_blocks(model)[1]).items():
         delta = linear.weight.detach() - before[name]
         assert delta.abs().max() > 0 and torch.linalg.matrix_rank(delta) <= 4
@@ -181,7 +185,7 @@ def test_restorative_lora_keeps_the_adapters_best_on_held_out_windows(tmp_path, 
     from conftest import make_tiny_llama
     from lowbit_gguf.calibration import CalibrationSet
     from lowbit_gguf.methods import ptq161
-    from lowbit_gguf.sequential import block_linears, decoder_blocks
+    from lowbit_gguf.blocks import block_linears, decoder_blocks
 
     monkeypatch.setattr(ptq161, "LORA_SAVE_EVERY", 2)
     tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(7))
@@ -199,7 +203,7 @@ def test_restorative_lora_keeps_the_adapters_best_on_held_out_windows(tmp_path, 
     config = PTQ161Config(epochs=0, lora_rank=4, lora_steps=40, lora_lr=3.0, lora_batch=2, lora_patience=1)
     model = make_tiny_llama(tmp_path / "m", layers=2)
     before = [l.weight.detach().clone() for b in decoder_blocks(model) for l in block_linears(b).values()]
-    ptq161.restorative_lora(model, calibration, config, progress=False)
+    ptq161.restorative_lora(model, calibration, config, stage_context(ptq161.METHOD, config, progress=False))
     after = [l.weight.detach() for b in decoder_blocks(model) for l in block_linears(b).values()]
     assert len(steps) == 2 and steps[1] > steps[0]  # before training, then the check at step 2: worse, stop
     assert all(torch.equal(a, b) for a, b in zip(before, after))
@@ -211,17 +215,20 @@ def test_restorative_lora_resumes_after_interruption(tmp_path, monkeypatch):
     from conftest import make_tiny_llama
     from lowbit_gguf.methods import ptq161
     from lowbit_gguf.files import save_torch
-    from lowbit_gguf.sequential import block_linears, decoder_blocks
+    from lowbit_gguf.blocks import block_linears, decoder_blocks
 
     tokens = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(6))
     config = PTQ161Config(epochs=1, lora_rank=2, lora_steps=2 * ptq161.LORA_SAVE_EVERY + 3, lora_batch=2)
+
+    def lora_stage(config, folder=None):  # the method as it is when the stage starts (counted below)
+        return stage_context(ptq161.METHOD, config, checkpoint_dir=folder, progress=False)
 
     def weights(model):
         return {f"{i}.{n}": l.weight.detach().clone() for i, b in enumerate(decoder_blocks(model))
                 for n, l in block_linears(b).items()}
 
     reference = make_tiny_llama(tmp_path / "r", layers=2)
-    ptq161.restorative_lora(reference, tokens, config, progress=False)
+    ptq161.restorative_lora(reference, as_calibration(tokens), config, lora_stage(config))
 
     def stop_after_adapters(obj, path, what):
         save_torch(obj, path, what)
@@ -231,10 +238,10 @@ def test_restorative_lora_resumes_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr("lowbit_gguf.files.save_torch", stop_after_adapters)
     folder = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
-        ptq161.restorative_lora(make_tiny_llama(tmp_path / "a", layers=2), tokens, config, progress=False,
-                                checkpoint_dir=folder)
+        ptq161.restorative_lora(make_tiny_llama(tmp_path / "a", layers=2), as_calibration(tokens), config,
+                                lora_stage(config, folder))
     monkeypatch.setattr("lowbit_gguf.files.save_torch", save_torch)
-    assert torch.load(folder / "adapters.pt", weights_only=True)["step"] == ptq161.LORA_SAVE_EVERY
+    assert torch.load(folder / "preprocess" / "adapters.pt", weights_only=True)["step"] == ptq161.LORA_SAVE_EVERY
 
     calls = {"quantize": 0, "steps": 0}
     real_quantize, real_step = ptq161.METHOD.quantize, torch.optim.AdamW.step
@@ -250,17 +257,18 @@ def test_restorative_lora_resumes_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(ptq161, "METHOD", replace(ptq161.METHOD, quantize=counting_quantize))
     monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
     resumed = make_tiny_llama(tmp_path / "b", layers=2)
-    ptq161.restorative_lora(resumed, tokens, config, progress=False, checkpoint_dir=folder)
+    ptq161.restorative_lora(resumed, as_calibration(tokens), config, lora_stage(config, folder))
     assert calls == {"quantize": 0, "steps": config.lora_steps - ptq161.LORA_SAVE_EVERY}
     for name, w in weights(reference).items():
         torch.testing.assert_close(weights(resumed)[name], w, rtol=0, atol=0, msg=name)
 
     # the saved result is reused as is; another config is refused rather than mixed in
     again = make_tiny_llama(tmp_path / "c", layers=2)
-    ptq161.restorative_lora(again, tokens, config, progress=False, checkpoint_dir=folder)
+    ptq161.restorative_lora(again, as_calibration(tokens), config, lora_stage(config, folder))
     assert calls["steps"] == config.lora_steps - ptq161.LORA_SAVE_EVERY
     with pytest.raises(LowbitError, match="belongs to another run"):
-        ptq161.restorative_lora(again, tokens, PTQ161Config(lora_rank=3), progress=False, checkpoint_dir=folder)
+        ptq161.restorative_lora(again, as_calibration(tokens), PTQ161Config(lora_rank=3),
+                                lora_stage(PTQ161Config(lora_rank=3), folder))
 
 
 def test_lora_config_text():

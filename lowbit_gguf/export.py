@@ -1,4 +1,4 @@
-"""Quantize a Hugging Face model with a registered method and write a GGUF.
+"""Write a quantized model as a GGUF, and the command line's quantize-to-file pipeline.
 
 The model with its reference decode is converted by llama.cpp's own converter to F16; a method with a GGUF
 tensor type (MethodSpec.pack) then has its weights rewritten as codes plus side tensors
@@ -15,12 +15,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lowbit_gguf.calibration import DEFAULT_CALIBRATION, model_calibration_set
-from lowbit_gguf.evaluate import load_hf_model
-from lowbit_gguf.gguf.convert import check_model_dir, convert
+from lowbit_gguf.settings import DEFAULT_CALIBRATION, DEFAULT_HELDOUT, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
+from lowbit_gguf.gguf.convert import convert
 from lowbit_gguf.gguf.write import write_lowbit_gguf
 from lowbit_gguf.methods import get_method
-from lowbit_gguf.sequential import QuantizationResult, quantize_model
+from lowbit_gguf.sequential import QuantizationResult
 
 
 @dataclass
@@ -31,28 +30,25 @@ class QuantizeReport:
 
 
 def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
-                        calib_text: str | list[str] = DEFAULT_CALIBRATION, n_samples: int = 128,
-                        seq_len: int = 512, n_heldout: int = 8,
+                        calib_text: str | list[str] = DEFAULT_CALIBRATION, n_samples: int = DEFAULT_SAMPLES,
+                        seq_len: int = DEFAULT_SEQ_LEN, n_heldout: int = DEFAULT_HELDOUT,
                         device: str = "cpu", checkpoint_dir: Path | None = None,
                         save_decoded: Path | None = None, embedding_type: str = "q8_0",
                         progress: bool = True) -> QuantizeReport:
+    """`lowbit-gguf quantize`: lowbit_gguf.quantize on a model folder, then the GGUF at out. An interrupted run
+    leaves its checkpoint beside the output (OUT.checkpoint); running the same command resumes it."""
+    from lowbit_gguf.api import quantize
+
     started = time.time()
     model_dir, out = Path(model_dir), Path(out)
-    check_model_dir(model_dir)
-    spec = get_method(method)
-    parsed = spec.parse_config(config)
-    calibration = model_calibration_set(model_dir, calib_text, n_samples, seq_len, n_heldout)
-    model = load_hf_model(model_dir)
-    # An interrupted run leaves its checkpoint beside the output; running the same command resumes it.
+    parsed = get_method(method).parse_config(config)
     checkpoint_dir = checkpoint_dir or out.with_name(out.name + ".checkpoint")
-    if spec.preprocess is not None:
-        spec.preprocess(model, calibration, parsed, device, progress, checkpoint_dir / "preprocess")
-    result = quantize_model(model, calibration, spec, parsed, device=device, checkpoint_dir=checkpoint_dir,
-                            progress=progress)
+    quantized = quantize(model_dir, parsed, calibration=calib_text, n_samples=n_samples, seq_len=seq_len,
+                         n_heldout=n_heldout, device=device, checkpoint_dir=checkpoint_dir, progress=progress)
+    result = quantized.result
     # A resumed run's time includes the blocks that earlier runs finished (not their lost partial blocks).
-    export_gguf(model, model_dir, result.layers, spec, parsed, out,
-                {"quantize_seconds": f"{time.time() - started + result.resumed_seconds:.1f}"},
-                save_decoded=save_decoded, embedding_type=embedding_type, progress=progress)
+    quantized.save_gguf(out, metadata={"quantize_seconds": f"{time.time() - started + result.resumed_seconds:.1f}"},
+                        save_decoded=save_decoded, embedding_type=embedding_type, progress=progress)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return QuantizeReport(result, out, time.time() - started + result.resumed_seconds)
 

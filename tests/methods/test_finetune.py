@@ -158,9 +158,9 @@ def test_finetuning_creates_no_tensor_on_an_implicit_device(tiny_aqlm, tuned, tm
     is 'meta' from the moment both models are loaded until the file is written, so a tensor the training creates
     without naming a device fails the first operation that meets it. The training is the same."""
     import lowbit_gguf.finetune as ft
-    import lowbit_gguf.quantize
+    import lowbit_gguf.export
 
-    real_load_norms, real_export = ft.load_norms, lowbit_gguf.quantize.export_gguf
+    real_load_norms, real_export = ft.load_norms, lowbit_gguf.export.export_gguf
 
     def load_norms(*args):
         real_load_norms(*args)
@@ -171,7 +171,7 @@ def test_finetuning_creates_no_tensor_on_an_implicit_device(tiny_aqlm, tuned, tm
         return real_export(*args, **kwargs)
 
     monkeypatch.setattr(ft, "load_norms", load_norms)
-    monkeypatch.setattr(lowbit_gguf.quantize, "export_gguf", export_gguf)
+    monkeypatch.setattr(lowbit_gguf.export, "export_gguf", export_gguf)
     try:
         report = ft.finetune_gguf(tiny_aqlm[0], float_dir(tiny_aqlm), tmp_path / "tuned.gguf", **TUNING)
     finally:

@@ -4,13 +4,33 @@ import pytest
 import torch
 
 from lowbit_gguf.errors import LowbitError
-from lowbit_gguf.methods import available_methods, get_method
+from lowbit_gguf.methods import available_methods, get_method, method_for_config
 
 
-def test_registry_lists_baselines():
-    assert {"identity", "rtn"} <= set(available_methods())
+def test_registry_lists_baselines_and_keeps_test_methods_unlisted():
+    assert "rtn" in available_methods() and "identity" not in available_methods()
+    assert get_method("identity").name == "identity"  # the tests still reach it
     with pytest.raises(LowbitError, match="unknown method 'nope'"):
         get_method("nope")
+
+
+def test_registry_is_keyed_by_config_type():
+    from lowbit_gguf import AQLMConfig, PTQ161Config
+
+    assert method_for_config(AQLMConfig.parse("2x8")).name == "aqlm"
+    assert method_for_config(PTQ161Config()).name == "ptq161"
+    with pytest.raises(LowbitError, match="not a method config"):
+        method_for_config({"num_codebooks": 2})
+
+
+def test_config_fields_set_by_name_in_their_types():
+    spec = get_method("aqlm")
+    config = spec.parse_config("2x8", {"beam_size": "8", "finetune_lr": "0.001"})
+    assert (config.num_codebooks, config.beam_size, config.finetune_lr) == (2, 8, 0.001)
+    with pytest.raises(LowbitError, match="has no field 'beam'"):
+        spec.parse_config("2x8", {"beam": "4"})
+    with pytest.raises(LowbitError, match="not a int"):
+        spec.parse_config("2x8", {"beam_size": "four"})
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
