@@ -2,11 +2,11 @@
 
 For each row q of queries [n, g] and a codebook [K, g] it returns min over codewords c of norms[c] - 2 q.c and
 the codeword's index; with norms = |c|^2 that is the nearest codeword. torch has no fused form of it: scoring
-through a matmul writes an [n, K] matrix (29 GB for k-means over SmolLM2's FFN weights with 1x16's 65,536
-codewords), faiss's exact search is slower at g = 8, and a torch.compile'd loop measured 2.8x slower than the
-small C kernel beside this file (nearest.c), which the system C compiler builds for this machine at first use
-(cached under the lowbit-gguf cache, a fraction of a second) and cffi loads. Rows are split over torch's thread
-count; cffi releases the GIL during each call.
+through a matmul writes an [n, K] matrix, too large for k-means over FFN weights with 1x16's 65,536 codewords,
+and faiss's exact search and a torch.compile'd loop are slower at g = 8 than the small C kernel beside this file
+(nearest.c; the README's figures), which the system C compiler builds for this machine at first use (cached
+under the lowbit-gguf cache, a fraction of a second) and cffi loads. Rows are split over torch's thread count;
+cffi releases the GIL during each call.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,3 +189,44 @@ def random_ptq161_payload(d_out=24, d_in=96, ratio=0.2, seed=0):
     payload["r1"] = 1 + 0.3 * torch.randn(d_out, generator=g)
     payload["r2"] = 1 + 0.3 * torch.randn(payload["r2"].shape, generator=g)
     return spec, config, payload
+
+
+def rewrite_gguf(source, out, edit):
+    """Copy a GGUF, passing each (name, data, type) through edit (None drops the tensor)."""
+    import gguf
+
+    from lowbit_gguf.gguf.write import _copy_metadata
+
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(out, reader.get_field("general.architecture").contents())
+    _copy_metadata(reader, writer)
+    for t in reader.tensors:
+        changed = edit(t.name, np.asarray(t.data), t.tensor_type)
+        if changed is not None:
+            writer.add_tensor(t.name, changed[0], raw_dtype=changed[1])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def unchecked_packed(packed, **changes):
+    """A PackedWeight that skips the Python-side shape checks, to reach the C ones."""
+    from lowbit_gguf.gguf.write import PackedWeight
+
+    weight = object.__new__(PackedWeight)
+    weight.__dict__.update({**packed.__dict__, **changes})
+    return weight
+
+
+def random_packed(lowbit_type):
+    """A random weight of a lowbit type, as the file stores it: one row per method."""
+    if lowbit_type.method == "aqlm":
+        spec, config, payload = random_aqlm_payload(f"{lowbit_type.num_codebooks}x{lowbit_type.code_bits}")
+        return spec.pack(payload, config)
+    if lowbit_type.method == "ptq161":
+        spec, config, payload = random_ptq161_payload()
+        return spec.pack(payload, config)
+    raise NotImplementedError(f"no random weight for {lowbit_type.method}: add its row here")
+

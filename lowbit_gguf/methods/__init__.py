@@ -9,6 +9,7 @@ method once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -103,6 +104,15 @@ class MethodSpec:
         config = text if isinstance(text, self.config_type) else (
             self.config_type.parse(text) if text else self.config_type())
         return with_fields(config, overrides or {}) if overrides else config
+
+
+def match_compact(text: str, pattern: str, method: str, form: str) -> re.Match:
+    """A config's compact text ('2x8', 's20+lora16') matched against its pattern, or a ValueError naming the
+    form it must have."""
+    m = re.fullmatch(pattern, text.strip().lower())
+    if not m:
+        raise ValueError(f"{method} config {text!r} is not of the form {form}")
+    return m
 
 
 def with_fields(config, overrides: dict[str, str]):

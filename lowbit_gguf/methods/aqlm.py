@@ -18,13 +18,12 @@ In GGUF a weight is its codes in one of the AQLM tensor types (aqlm_1x16, aqlm_2
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
+from lowbit_gguf.methods import MethodSpec, QuantizedLinear, match_compact, register
 from lowbit_gguf.additive import additive_decode, beam_search_codes, objective
 from lowbit_gguf.kmeans import kmeans
 from lowbit_gguf.training import BlockData, train_block
@@ -54,9 +53,7 @@ class AQLMConfig:
     @classmethod
     def parse(cls, text: str) -> AQLMConfig:
         """'2x8': 2 codebooks of 2^8 entries (groups of 8); '1x16'; '1x8'. Optional 'g<size>' suffix."""
-        m = re.fullmatch(r"(\d+)x(\d+)(?:g(\d+))?", text.strip().lower())
-        if not m:
-            raise ValueError(f"AQLM config {text!r} is not of the form <codebooks>x<bits>, e.g. 2x8")
+        m = match_compact(text, r"(\d+)x(\d+)(?:g(\d+))?", "AQLM", "<codebooks>x<bits>, e.g. 2x8")
         group = int(m.group(3)) if m.group(3) else 8
         return cls(num_codebooks=int(m.group(1)), nbits=int(m.group(2)), group_size=group)
 

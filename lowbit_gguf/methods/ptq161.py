@@ -24,13 +24,12 @@ to the float model's weights, and quantize that merged model.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lowbit_gguf.methods import MethodSpec, QuantizedLinear, StageContext, register
+from lowbit_gguf.methods import MethodSpec, QuantizedLinear, StageContext, match_compact, register
 from lowbit_gguf.training import BlockData, train_block
 
 SALIENT_BITS = 4
@@ -61,10 +60,8 @@ class PTQ161Config:
     @classmethod
     def parse(cls, text: str) -> PTQ161Config:
         """'s20': 20% salient input channels; 's20+lora16': with restorative LoRA preprocessing of rank 16."""
-        m = re.fullmatch(r"s(\d+(?:\.\d+)?)(?:\+lora(\d+))?", text.strip().lower())
-        if not m:
-            raise ValueError(f"PTQ1.61 config {text!r} is not of the form s<salient percent>[+lora<rank>], "
-                             "e.g. s20 or s20+lora16")
+        m = match_compact(text, r"s(\d+(?:\.\d+)?)(?:\+lora(\d+))?", "PTQ1.61",
+                          "s<salient percent>[+lora<rank>], e.g. s20 or s20+lora16")
         return cls(salient_ratio=float(m.group(1)) / 100, lora_rank=int(m.group(2) or 0))
 
 

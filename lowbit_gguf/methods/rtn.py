@@ -5,12 +5,11 @@ It ignores the Hessian on purpose: it is the floor every Hessian-aware method mu
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
-from lowbit_gguf.methods import MethodSpec, QuantizedLinear, register
+from lowbit_gguf.methods import MethodSpec, QuantizedLinear, match_compact, register
 
 
 @dataclass(frozen=True)
@@ -27,9 +26,7 @@ class RTNConfig:
     @classmethod
     def parse(cls, text: str) -> RTNConfig:
         """'w4g32': 4-bit codes in groups of 32 input weights."""
-        m = re.fullmatch(r"w(\d+)g(\d+)", text.strip().lower())
-        if not m:
-            raise ValueError(f"RTN config {text!r} is not of the form w<bits>g<group>, e.g. w4g32")
+        m = match_compact(text, r"w(\d+)g(\d+)", "RTN", "w<bits>g<group>, e.g. w4g32")
         return cls(bits=int(m.group(1)), group_size=int(m.group(2)))
 
     @property

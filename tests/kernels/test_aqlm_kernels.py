@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.write import PackedWeight
-from conftest import AQLM_CONFIGS, BF16_BOUND, BF16_PROMPTS, cpu_has, random_aqlm_payload
+from conftest import AQLM_CONFIGS, BF16_BOUND, BF16_PROMPTS, cpu_has, random_aqlm_payload, unchecked_packed
 
 pytestmark = pytest.mark.runtime
 
@@ -147,24 +147,14 @@ def test_mul_mat_on_a_real_quantized_layer(default_model_dir, runtime_build):
                                                                                          path="tables"))
 
 
-def _unchecked(packed, **changes):
-    """A PackedWeight that skips the Python-side shape checks, to reach the C ones."""
-    weight = object.__new__(PackedWeight)
-    weight.__dict__.update({**packed.__dict__, **changes})
-    return weight
-
-
 @pytest.mark.parametrize("change, message", [
-    (lambda p: {"sides": {**p.sides, "codebook": p.sides["codebook"][:, :128]}}, "codebook.*shape"),
-    (lambda p: {"sides": {**p.sides, "codebook": p.sides["codebook"].astype(np.float32)}}, "codebook.*type f32"),
-    (lambda p: {"sides": {**p.sides, "row_scale": p.sides["row_scale"][:-1]}}, "row_scale.*shape"),
     (lambda p: {"codes": np.ascontiguousarray(p.codes[:, :-1])}, "codes take"),
 ])
-def test_malformed_side_tensors_give_clear_errors(change, message, runtime_build):
+def test_codes_of_the_wrong_width_give_a_clear_error(change, message, runtime_build):
     from lowbit_gguf.runtime import lowbit_mul_mat
 
     spec, config, payload = random_aqlm_payload("2x8")
     packed = spec.pack(payload, config)
-    bad = _unchecked(packed, **change(packed))
+    bad = unchecked_packed(packed, **change(packed))
     with pytest.raises(LowbitError, match=message):
         lowbit_mul_mat(bad, np.ones((1, packed.n_per_row), dtype=np.float32))

@@ -6,8 +6,7 @@ import pytest
 import torch
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.types import SALIENT_MASK, SALIENT_SPILL
-from conftest import BF16_BOUND, BF16_PROMPTS, cpu_has, random_ptq161_payload
-from test_aqlm_kernels import _unchecked
+from conftest import BF16_BOUND, BF16_PROMPTS, cpu_has, random_ptq161_payload, unchecked_packed
 
 pytestmark = pytest.mark.runtime
 
@@ -139,16 +138,13 @@ def _flip_one_mask_bit(packed):
      "salient_spill.*wide"),
     (lambda p: {"sides": {**p.sides, SALIENT_SPILL: np.ascontiguousarray(p.sides[SALIENT_SPILL][:-1])}},
      "salient_spill.*shape"),
-    (lambda p: {"sides": {**p.sides, "row_params": p.sides["row_params"][:, :3].copy()}}, "row_params.*shape"),
-    (lambda p: {"sides": {**p.sides, "col_scale": p.sides["col_scale"].astype(np.float32)}}, "col_scale.*type f32"),
-    (lambda p: {"sides": {**p.sides, SALIENT_MASK: p.sides[SALIENT_MASK][:-1].copy()}}, "salient_mask.*shape"),
 ])
-def test_malformed_side_tensors_give_clear_errors(change, message, runtime_build):
+def test_side_tensors_that_disagree_give_clear_errors(change, message, runtime_build):
     from lowbit_gguf.runtime import lowbit_dequantize, lowbit_mul_mat
 
     spec, config, payload = random_ptq161_payload()
     packed = spec.pack(payload)
-    bad = _unchecked(packed, **change(packed))
+    bad = unchecked_packed(packed, **change(packed))
     with pytest.raises(LowbitError, match=message):
         lowbit_mul_mat(bad, np.ones((1, packed.n_per_row), dtype=np.float32))
     with pytest.raises(LowbitError, match=message):

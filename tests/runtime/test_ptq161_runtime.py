@@ -9,7 +9,7 @@ import pytest
 import gguf
 from lowbit_gguf.errors import BadGGUF
 from runtime_parity import N_CTX, check_logits, check_perplexity
-from test_aqlm_runtime import rewrite
+from conftest import rewrite_gguf
 
 pytestmark = [pytest.mark.runtime, pytest.mark.model]
 
@@ -42,7 +42,6 @@ def _mark_one_more_channel(data):
 @pytest.mark.parametrize("case, message", [
     ("mask count", "blk.0.attn_k.weight' of type ptq161: side tensor 'blk.0.attn_k.salient_mask' marks"),
     ("spill width", "blk.0.attn_k.salient_spill' is 2 bytes wide"),
-    ("missing", "needs the side tensor 'blk.0.attn_k.row_params'"),
 ])
 def test_inconsistent_side_tensors_are_refused(case, message, tiny_ptq161, tmp_path, runtime_build):
     from lowbit_gguf.runtime import Model
@@ -52,11 +51,9 @@ def test_inconsistent_side_tensors_are_refused(case, message, tiny_ptq161, tmp_p
             return _mark_one_more_channel(data), ggml_type
         if case == "spill width" and name == "blk.0.attn_k.salient_spill":
             return data[:, :2].copy(), ggml_type
-        if case == "missing" and name == "blk.0.attn_k.row_params":
-            return None
         return data, ggml_type
 
-    bad = rewrite(tiny_ptq161[0], tmp_path / "bad.gguf", edit)
+    bad = rewrite_gguf(tiny_ptq161[0], tmp_path / "bad.gguf", edit)
     with pytest.raises(BadGGUF, match=message):
         Model(bad, n_ctx=N_CTX)
 
@@ -87,7 +84,7 @@ def test_weights_read_back_from_the_file_run_as_their_decode(tiny_ptq161, runtim
 def test_file_without_a_side_tensor_is_refused_by_the_reader(tiny_ptq161, tmp_path):
     from lowbit_gguf.gguf.inspect import read_lowbit_weights
 
-    broken = rewrite(tiny_ptq161[0], tmp_path / "broken.gguf",
+    broken = rewrite_gguf(tiny_ptq161[0], tmp_path / "broken.gguf",
                      lambda name, data, ggml_type: None if name == "blk.0.attn_k.row_params" else (data, ggml_type))
     with pytest.raises(BadGGUF, match="'blk.0.attn_k.weight' of type PTQ161 lacks its side tensor.*row_params"):
         read_lowbit_weights(broken, "blk.0.")

@@ -104,37 +104,34 @@ static inline __attribute__((always_inline)) void ptq161_rows_avx512(const uint8
 void ptq161_mul_mat_avx512(const struct ggml_compute_params * params, struct ggml_tensor * dst,
                            const struct ggml_lowbit_type_info * info, const void * const * sides, float * work) {
     GGML_UNUSED(info);
-    const struct ptq161_op     op        = ptq161_op_of(dst, sides);
-    const struct ggml_tensor * w         = op.w;
-    const struct ptq161_layout l         = op.l;
-    const int64_t              d_in      = op.d_in;
-    const int64_t              n_tokens  = op.n_tokens;
-    const int64_t              per_token = l.token_floats + l.i16_floats;
-    float *                    own       = work + params->ith * n_tokens * per_token;
+    const struct ptq161_op op        = ptq161_op_of(dst, sides);
+    const int64_t          per_token = op.l.token_floats + op.l.i16_floats;
+    float *                own       = work + params->ith * op.n_tokens * per_token;
 
     int64_t r_begin, r_end;
-    thread_rows(params, w->ne[1], &r_begin, &r_end);
+    thread_rows(params, op.w->ne[1], &r_begin, &r_end);
     if (r_begin == r_end) {
         return;
     }
-    for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t t = 0; t < op.n_tokens; ++t) {
         float * g = own + t * per_token;
-        ptq161_gather_token(token_row(dst->src[1], t), op.mask, op.col_scale, d_in, l.n_sal, g, g + d_in, g + d_in + 1);
-        ptq161_token_to_int16(g, &l, (int16_t *) (g + l.token_floats));
+        ptq161_gather_token(token_row(dst->src[1], t), op.mask, op.col_scale, op.d_in, op.l.n_sal, g, g + op.d_in,
+                            g + op.d_in + 1);
+        ptq161_token_to_int16(g, &op.l, (int16_t *) (g + op.l.token_floats));
     }
-    for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t t = 0; t < op.n_tokens; ++t) {
         const float *   g   = own + t * per_token;
-        const int16_t * i16 = (const int16_t *) (g + l.token_floats);
+        const int16_t * i16 = (const int16_t *) (g + op.l.token_floats);
         float *         yt  = token_row(dst, t);
         for (int64_t r = r_begin; r < r_end;) {
-            const uint8_t *     rows = (const uint8_t *) w->data + r * w->nb[1];
-            const uint8_t *     sp   = op.spill + r * l.spill_bytes;
+            const uint8_t *     rows = (const uint8_t *) op.w->data + r * op.w->nb[1];
+            const uint8_t *     sp   = op.spill + r * op.l.spill_bytes;
             const ggml_fp16_t * p    = op.row_params + r * GGML_LOWBIT_PTQ161_ROW_PARAMS_N;
             if (r_end - r >= 4) {
-                ptq161_rows_avx512(rows, w->nb[1], sp, p, &l, 4, i16, g[d_in], g[d_in + 1], yt + r);
+                ptq161_rows_avx512(rows, op.w->nb[1], sp, p, &op.l, 4, i16, g[op.d_in], g[op.d_in + 1], yt + r);
                 r += 4;
             } else {
-                ptq161_rows_avx512(rows, w->nb[1], sp, p, &l, 1, i16, g[d_in], g[d_in + 1], yt + r);
+                ptq161_rows_avx512(rows, op.w->nb[1], sp, p, &op.l, 1, i16, g[op.d_in], g[op.d_in + 1], yt + r);
                 r += 1;
             }
         }

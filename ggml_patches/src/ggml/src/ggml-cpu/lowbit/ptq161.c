@@ -153,31 +153,26 @@ static void ptq161_build_tables(const struct ggml_compute_params * params, struc
 static void ptq161_mul_mat_lut(const struct ggml_compute_params * params, struct ggml_tensor * dst,
                                const struct ggml_lowbit_type_info * info, const void * const * sides, float * work) {
     GGML_UNUSED(info);
-    const struct ptq161_op     op       = ptq161_op_of(dst, sides);
-    const struct ggml_tensor * w        = op.w;
-    const struct ptq161_layout l        = op.l;
-    const int64_t              d_in     = op.d_in;
-    const int64_t              n_tokens = op.n_tokens;
-
+    const struct ptq161_op op = ptq161_op_of(dst, sides);
     ptq161_build_tables(params, dst, &op, work);
 
     int64_t r_begin, r_end;
-    thread_rows(params, w->ne[1], &r_begin, &r_end);
-    for (int64_t t = 0; t < n_tokens; ++t) {
-        const float * g       = work + t * l.token_floats;
-        const float * tables  = work + n_tokens * l.token_floats + t * l.n_bytes * 256;
-        const float   sum_bin = g[d_in], sum_sal = g[d_in + 1];
+    thread_rows(params, op.w->ne[1], &r_begin, &r_end);
+    for (int64_t t = 0; t < op.n_tokens; ++t) {
+        const float * g       = work + t * op.l.token_floats;
+        const float * tables  = work + op.n_tokens * op.l.token_floats + t * op.l.n_bytes * 256;
+        const float   sum_bin = g[op.d_in], sum_sal = g[op.d_in + 1];
         float *       yt      = token_row(dst, t);
         for (int64_t rb = r_begin; rb < r_end; rb += LUT_ROW_BLOCK) {
             const int64_t   nrb  = r_end - rb < LUT_ROW_BLOCK ? r_end - rb : LUT_ROW_BLOCK;
-            const uint8_t * rows = (const uint8_t *) w->data + rb * w->nb[1];
+            const uint8_t * rows = (const uint8_t *) op.w->data + rb * op.w->nb[1];
             float           pos[LUT_ROW_BLOCK] = { 0.0f };  // sums of the inputs whose sign bit is set
             float           sal[LUT_ROW_BLOCK] = { 0.0f };  // salient codes . inputs
-            lowbit_lut_accumulate(rows, w->nb[1], nrb, l.sign_bytes, tables, r_end - rb - nrb, pos);
-            lowbit_lut_accumulate(rows + l.sign_bytes, w->nb[1], nrb, l.sal_bytes_in_row,
-                                  tables + l.sign_bytes * 256, 0, sal);
-            lowbit_lut_accumulate(op.spill + rb * l.spill_bytes, l.spill_bytes, nrb, l.spill_bytes,
-                                  tables + (l.sign_bytes + l.sal_bytes_in_row) * 256, 0, sal);
+            lowbit_lut_accumulate(rows, op.w->nb[1], nrb, op.l.sign_bytes, tables, r_end - rb - nrb, pos);
+            lowbit_lut_accumulate(rows + op.l.sign_bytes, op.w->nb[1], nrb, op.l.sal_bytes_in_row,
+                                  tables + op.l.sign_bytes * 256, 0, sal);
+            lowbit_lut_accumulate(op.spill + rb * op.l.spill_bytes, op.l.spill_bytes, nrb, op.l.spill_bytes,
+                                  tables + (op.l.sign_bytes + op.l.sal_bytes_in_row) * 256, 0, sal);
             for (int64_t r = 0; r < nrb; ++r) {
                 yt[rb + r] = ptq161_row_output(op.row_params + (rb + r) * GGML_LOWBIT_PTQ161_ROW_PARAMS_N, pos[r],
                                                sal[r], sum_bin, sum_sal);
