@@ -155,9 +155,14 @@ def cpu_has(*flags: str) -> bool:
 
 # Where the CPU has AVX-512 BF16, prompts (8 tokens and more, through sgemm) run in bf16: rows and tokens keep 8
 # significant bits, so each product, and so the dot product, is within 2^-8 of |x| . |w| (the "tables" path pins
-# the f32 sgemm).
+# the f32 sgemm). Each method's bounds: lowbit_gguf.gguf.types.KernelBounds.
 BF16_PROMPTS = cpu_has("avx512_bf16")
-BF16_BOUND = 2.0**-8
+
+
+def bounds(method: str):
+    from lowbit_gguf.gguf.types import METHODS
+
+    return METHODS[method].bounds
 
 
 def random_aqlm_payload(config_text, d_out=24, d_in=64, seed=0):

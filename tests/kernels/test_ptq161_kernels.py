@@ -6,7 +6,7 @@ import pytest
 import torch
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.types import SALIENT_MASK, SALIENT_SPILL
-from conftest import BF16_BOUND, BF16_PROMPTS, cpu_has, random_ptq161_payload, unchecked_packed
+from conftest import BF16_PROMPTS, bounds, cpu_has, random_ptq161_payload, unchecked_packed
 
 pytestmark = pytest.mark.runtime
 
@@ -29,7 +29,7 @@ def test_c_reference_decode_equals_python(d_in, ratio, runtime_build):
 
 # The fastest kernel for up to 4 tokens on AVX-512 VNNI machines rounds the gathered input to int16 (15 bits
 # against the largest input of each part): errors of a few 1e-5 of the row's |x| . |w|, not float's 1e-7.
-INT16_INPUT_TOLERANCE = 1e-4
+BOUNDS = bounds("ptq161")
 HAS_AVX512_VNNI = cpu_has("avx512bw", "avx512vl", "avx512_vnni")
 
 
@@ -39,11 +39,11 @@ def assert_mul_mat_matches(spec, payload, x, path="fastest", **kwargs):
     got = lowbit_mul_mat(spec.pack(payload), x, path=path, **kwargs)
     want, magnitude = reference_matmul(spec, payload, x)
     worst = np.max(np.abs(got - want) / (magnitude + 1e-6))
-    tolerance = 1e-5
+    tolerance = BOUNDS.f32
     if path == "fastest" and x.shape[0] <= 4:
-        tolerance = INT16_INPUT_TOLERANCE
+        tolerance = BOUNDS.few_tokens
     elif path == "fastest" and x.shape[0] >= 8 and BF16_PROMPTS:
-        tolerance = BF16_BOUND
+        tolerance = BOUNDS.bf16_prompts
     assert worst < tolerance, f"worst relative error {worst:.2e}"
 
 
