@@ -57,3 +57,17 @@ def test_quantize_unknown_method(tmp_path):
 def test_methods_lists_baselines():
     result = invoke("methods")
     assert result.exit_code == 0 and "rtn" in result.output and "identity" not in result.output  # tests only
+
+
+def test_set_names_the_fields_a_config_has(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    result = invoke("quantize", tmp_path, "--method", "aqlm", "--config", "2x8", "--set", "beam=8",
+                    "-o", tmp_path / "x.gguf")
+    assert result.exit_code == 1 and "has no field 'beam'" in result.output and "beam_size" in result.output
+    result = invoke("quantize", tmp_path, "--method", "aqlm", "--set", "beam_size", "-o", tmp_path / "x.gguf")
+    assert result.exit_code != 0 and "FIELD=VALUE" in result.output
+
+
+def test_methods_lists_config_fields_with_their_defaults():
+    result = invoke("methods", "--fields")
+    assert result.exit_code == 0 and "beam_size = 4" in result.output and "salient_ratio = 0.2" in result.output
