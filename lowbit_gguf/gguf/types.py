@@ -82,8 +82,10 @@ class Method:
     c_id: int  # GGML_LOWBIT_METHOD_<NAME> in C
     sides: tuple[Side, ...]
     type_params: tuple[str, ...] = ()
-    # per-weight parameters from a weight's sides: {name: value}
-    weight_params: Callable[[dict[str, np.ndarray]], dict[str, int]] = lambda sides: {}
+    # per-weight parameters (set by the file, e.g. PTQ1.61's n_salient), and how Python reads them from a weight's
+    # sides; the C side reads them in the method's lowbit/<method>.c (weight_params)
+    weight_params: tuple[str, ...] = ()
+    read_weight_params: Callable[[dict[str, np.ndarray]], dict[str, int]] = lambda sides: {}
     bounds: KernelBounds = KernelBounds()
 
     @property
@@ -101,7 +103,8 @@ PTQ161_METHOD = Method("ptq161", 2, (Side(SALIENT_MASK, "I8", ("d_in // 8",)),
                                      Side(SALIENT_SPILL, "I8", ("d_out", "3 * n_salient // 8")),
                                      Side(ROW_PARAMS, "F16", ("d_out", "4")),
                                      Side(COL_SCALE, "F16", ("d_in",))),
-                       weight_params=lambda sides: {"n_salient": _set_bits(sides.get(SALIENT_MASK))},
+                       weight_params=("n_salient",),
+                       read_weight_params=lambda sides: {"n_salient": _set_bits(sides.get(SALIENT_MASK))},
                        # AVX-512 VNNI rounds the gathered input to int16 (15 bits of each part's largest)
                        bounds=KernelBounds(few_tokens=1e-4))
 METHODS = {m.name: m for m in (AQLM, PTQ161_METHOD)}
@@ -151,7 +154,7 @@ class LowbitType:
         """numpy shapes of the side tensors of a [d_out, d_in] weight; where the method has per-weight
         parameters (PTQ1.61: n_salient) they are read from the given sides."""
         values = {"d_out": d_out, "d_in": d_in, "block_size": self.block_size, **dict(self.params),
-                  **METHODS[self.method].weight_params(sides or {})}
+                  **METHODS[self.method].read_weight_params(sides or {})}
         return {side.suffix: side.numpy_shape(values) for side in self.side_specs}
 
 
@@ -267,6 +270,7 @@ def render_ids() -> str:
             lines += [f"    int {p};\n" for p in m.type_params]
             lines.append("};\n")
     lines.append(f"\n#define GGML_LOWBIT_MAX_SIDES {max(len(m.sides) for m in METHODS.values())}\n")
+    lines.append(f"#define GGML_LOWBIT_MAX_WEIGHT_PARAMS {max(1, *(len(m.weight_params) for m in METHODS.values()))}\n")
     members = " ".join(f"struct ggml_lowbit_{m.name}_params {m.name};" for m in METHODS.values() if m.type_params)
     lines.append("// the members of ggml_lowbit_type_info's parameter union\n")
     lines.append(f"#define GGML_LOWBIT_METHOD_PARAMS {members}\n")
@@ -290,6 +294,35 @@ def render_table() -> str:
     return "".join(lines)
 
 
+def render_side_shapes() -> str:
+    """Each method's side shapes as C (ggml ne, innermost first), from the same expressions Python evaluates."""
+    lines = [_HEADER, "// Included by ggml-lowbit.c.\n#pragma once\n\n#include \"ggml-lowbit.h\"\n"]
+    for m in METHODS.values():
+        lines.append(f"\n// {m.name}: weight_params holds {', '.join(m.weight_params) or 'nothing'}\n")
+        lines.append(f"static void ggml_lowbit_{m.name}_side_ne(const struct ggml_lowbit_type_info * info, "
+                     "int64_t d_out, int64_t d_in,\n        const int64_t * weight_params, int64_t ne[][4]) {\n")
+        names = {"d_out": None, "d_in": None, "block_size": "info->block_size"}
+        names |= {p: f"info->{m.name}.{p}" for p in m.type_params}
+        names |= {p: f"weight_params[{i}]" for i, p in enumerate(m.weight_params)}
+        for name, value in names.items():
+            if value is not None:
+                lines.append(f"    const int64_t {name} = {value};\n")
+        lines += [f"    (void) {n};\n" for n in [*names, "weight_params", "info"]]  # not every method reads all
+        for i, side in enumerate(m.sides):
+            ne = [dim.replace("//", "/") for dim in reversed(side.shape)] + ["1"] * (4 - len(side.shape))
+            lines.append(f"    // {side.suffix}\n")
+            lines += [f"    ne[{i}][{k}] = {dim};\n" for k, dim in enumerate(ne)]
+        lines.append("}\n")
+    lines.append("\ntypedef void (*ggml_lowbit_side_ne_fn)(const struct ggml_lowbit_type_info *, int64_t, int64_t,\n"
+                 "                                       const int64_t *, int64_t[][4]);\n\n")
+    lines.append("// one row per method, at its enum value\n")
+    lines.append("static const ggml_lowbit_side_ne_fn ggml_lowbit_side_ne[] = {\n")
+    by_id = {m.c_id: m for m in METHODS.values()}
+    lines += [f"    ggml_lowbit_{by_id[i].name}_side_ne,\n" if i in by_id else "    NULL,\n" for i in range(max(by_id) + 1)]
+    lines.append("};\n")
+    return "".join(lines)
+
+
 def _render_method_externs(struct: str, prefix: str) -> str:
     """Declarations of a backend's method structs, one per method (each defined in that method's file)."""
     lines = [_HEADER, "#pragma once\n\n"]
@@ -309,6 +342,7 @@ GENERATED = {
     "ggml/include/ggml-lowbit-types.inc": render_enum,
     "ggml/include/ggml-lowbit-ids.inc": render_ids,
     "ggml/src/lowbit/lowbit-methods.inc": lambda: _render_method_rows("ggml_lowbit_base_"),
+    "ggml/src/lowbit/lowbit-side-shapes.h": render_side_shapes,
     "ggml/src/lowbit/lowbit-methods.h": lambda: _render_method_externs("struct ggml_lowbit_base_method",
                                                                        "ggml_lowbit_base_"),
     "ggml/src/ggml-cpu/lowbit/lowbit-methods.inc": lambda: _render_method_rows("lowbit_cpu_"),

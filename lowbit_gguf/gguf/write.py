@@ -48,7 +48,7 @@ class PackedWeight:
     @property
     def weight_params(self) -> dict[str, int]:
         """The method's per-weight parameters, read from the sides (PTQ1.61: n_salient)."""
-        return METHODS[self.lowbit_type.method].weight_params(self.sides)
+        return METHODS[self.lowbit_type.method].read_weight_params(self.sides)
 
     @property
     def d_out(self) -> int:

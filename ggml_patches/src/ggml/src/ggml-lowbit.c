@@ -1,9 +1,10 @@
-// lowbit-gguf types in ggml-base: the type table, side tensor checks and the plain C reference decode, handed to
-// each method's file (lowbit/<method>.c) through its struct.
+// lowbit-gguf types in ggml-base: the type table, side tensor checks (shapes generated from the type table) and the
+// plain C reference decode, handed to each method's file (lowbit/<method>.c) through its struct.
 
 #include "ggml-lowbit.h"
 #include "ggml-lowbit-table.h"
 #include "lowbit/lowbit-base.h"
+#include "lowbit/lowbit-side-shapes.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -70,10 +71,13 @@ bool ggml_lowbit_check_sides(const struct ggml_tensor * weight, const struct ggm
                  (long long) weight->ne[2], (long long) weight->ne[3]);
         return false;
     }
-    int64_t ne[GGML_LOWBIT_MAX_SIDES][4];
-    if (!method_of(info)->side_shapes(info, weight, sides, ne, err, err_size)) {
+    int64_t params[GGML_LOWBIT_MAX_WEIGHT_PARAMS] = { 0 };
+    if (method_of(info)->weight_params != NULL &&
+        !method_of(info)->weight_params(info, weight, sides, params, err, err_size)) {
         return false;
     }
+    int64_t ne[GGML_LOWBIT_MAX_SIDES][4];
+    ggml_lowbit_side_ne[info->method](info, weight->ne[1], weight->ne[0], params, ne);
     for (int i = 0; i < info->n_sides; ++i) {
         if (!check_side(sides[i], info->sides[i], info->side_types[i], ne[i], err, err_size)) {
             return false;

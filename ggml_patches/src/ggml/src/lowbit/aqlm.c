@@ -1,19 +1,6 @@
-// AQLM in ggml-base: side tensor shapes and the plain C reference decode.
+// AQLM in ggml-base: the plain C reference decode (its side shapes come from the type table).
 
 #include "lowbit-base.h"
-
-// codebook: f16 [M][2^B][g] (ggml ne = g, 2^B, M); row scale: f16 [d_out]
-static bool aqlm_side_shapes(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * weight,
-                             const struct ggml_tensor * const * sides, int64_t ne[][4], char * err, size_t err_size) {
-    GGML_UNUSED(sides);
-    GGML_UNUSED(err);
-    GGML_UNUSED(err_size);
-    const int64_t codebook[4] = { info->block_size, (int64_t) 1 << info->aqlm.code_bits, info->aqlm.num_codebooks, 1 };
-    const int64_t scale[4]    = { weight->ne[1], 1, 1, 1 };
-    memcpy(ne[0], codebook, sizeof(codebook));
-    memcpy(ne[1], scale, sizeof(scale));
-    return true;
-}
 
 // code m of block b in a row: little-endian, B bits each (B = 8 or 16)
 static inline uint32_t aqlm_code(const uint8_t * row, int64_t b, int m, const struct ggml_lowbit_type_info * info) {
@@ -52,6 +39,5 @@ static void aqlm_dequantize_rows(const struct ggml_lowbit_type_info * info, cons
 }
 
 const struct ggml_lowbit_base_method ggml_lowbit_base_aqlm = {
-    .side_shapes     = aqlm_side_shapes,
     .dequantize_rows = aqlm_dequantize_rows,
 };

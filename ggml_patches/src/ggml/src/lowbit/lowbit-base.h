@@ -1,17 +1,17 @@
 #pragma once
 
-// What each lowbit-gguf method gives ggml-base (ggml-lowbit.c): the expected shapes of its side tensors, the checks
-// that read their data, and the plain C reference decode. One file per method: lowbit/<method>.c.
+// What each lowbit-gguf method gives ggml-base (ggml-lowbit.c): its per-weight parameters, the checks that read its
+// side tensors' data, and the plain C reference decode. One file per method: lowbit/<method>.c.
 
 #include "ggml-lowbit.h"
 
 #include <string.h>
 
 struct ggml_lowbit_base_method {
-    // expected ggml ne of each side tensor of weight, in src[] order; false with a message in err when the sides
-    // cannot be given a shape (a side whose width sets a method parameter has an impossible one)
-    bool (*side_shapes)(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * weight,
-                        const struct ggml_tensor * const * sides, int64_t ne[][4], char * err, size_t err_size);
+    // the per-weight parameters (types.py: Method.weight_params) from the sides, checked; NULL: the method has
+    // none. The side shapes follow from them (lowbit-side-shapes.h, generated).
+    bool (*weight_params)(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * weight,
+                          const struct ggml_tensor * const * sides, int64_t * params, char * err, size_t err_size);
     // checks only the data can show (host memory, shapes already checked); NULL: none
     bool (*check_side_data)(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * weight,
                             const struct ggml_tensor * const * sides, char * err, size_t err_size);

@@ -1,5 +1,5 @@
-// PTQ1.61 in ggml-base: side tensor shapes, the salient-count check that reads the mask, and the plain C reference
-// decode.
+// PTQ1.61 in ggml-base: n_salient from the spill width, the salient-count check that reads the mask, and the plain C
+// reference decode.
 
 #include "lowbit-base.h"
 
@@ -9,12 +9,13 @@ int64_t ggml_lowbit_ptq161_n_salient(const struct ggml_tensor * spill) {
     return spill->ne[0] / 3 * 8;
 }
 
-// the spill width (3 n_salient / 8 bytes) sets n_salient: a multiple of 8, leaving >= 8 binary channels
-static bool ptq161_side_shapes(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * weight,
-                               const struct ggml_tensor * const * sides, int64_t ne[][4], char * err,
-                               size_t err_size) {
+// n_salient from the spill width (3 n_salient / 8 bytes): a multiple of 8, leaving >= 8 binary channels. A missing
+// spill tensor gives 0 (check_sides then names the missing tensor).
+static bool ptq161_weight_params(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * weight,
+                                 const struct ggml_tensor * const * sides, int64_t * params, char * err,
+                                 size_t err_size) {
     GGML_UNUSED(info);
-    const int64_t              d_in = weight->ne[0], d_out = weight->ne[1];
+    const int64_t              d_in        = weight->ne[0];
     const struct ggml_tensor * spill       = sides[GGML_LOWBIT_PTQ161_SALIENT_SPILL];
     const int64_t              spill_bytes = spill != NULL ? spill->ne[0] : 0;
     if (spill != NULL && (spill_bytes % 3 != 0 || spill_bytes < 3 || spill_bytes / 3 * 8 > d_in - 8)) {
@@ -22,13 +23,7 @@ static bool ptq161_side_shapes(const struct ggml_lowbit_type_info * info, const 
                  "8 <= n_salient <= %lld", spill->name, (long long) spill_bytes, (long long) (d_in - 8));
         return false;
     }
-    const int64_t shapes[GGML_LOWBIT_MAX_SIDES][4] = {
-        [GGML_LOWBIT_PTQ161_SALIENT_MASK]       = { d_in / 8, 1, 1, 1 },
-        [GGML_LOWBIT_PTQ161_SALIENT_SPILL]      = { spill_bytes, d_out, 1, 1 },
-        [GGML_LOWBIT_PTQ161_ROW_PARAMS] = { GGML_LOWBIT_PTQ161_ROW_PARAMS_N, d_out, 1, 1 },
-        [GGML_LOWBIT_PTQ161_COL_SCALE]  = { d_in, 1, 1, 1 },
-    };
-    memcpy(ne, shapes, sizeof(shapes));
+    params[0] = spill_bytes / 3 * 8;
     return true;
 }
 
@@ -83,7 +78,7 @@ static void ptq161_dequantize_rows(const struct ggml_lowbit_type_info * info, co
 }
 
 const struct ggml_lowbit_base_method ggml_lowbit_base_ptq161 = {
-    .side_shapes     = ptq161_side_shapes,
+    .weight_params   = ptq161_weight_params,
     .check_side_data = ptq161_check_side_data,
     .dequantize_rows = ptq161_dequantize_rows,
 };
