@@ -317,8 +317,7 @@ def render_side_shapes() -> str:
                  "                                       const int64_t *, int64_t[][4]);\n\n")
     lines.append("// one row per method, at its enum value\n")
     lines.append("static const ggml_lowbit_side_ne_fn ggml_lowbit_side_ne[] = {\n")
-    by_id = {m.c_id: m for m in METHODS.values()}
-    lines += [f"    ggml_lowbit_{by_id[i].name}_side_ne,\n" if i in by_id else "    NULL,\n" for i in range(max(by_id) + 1)]
+    lines += _rows_by_enum(lambda m: f"ggml_lowbit_{m.name}_side_ne")
     lines.append("};\n")
     return "".join(lines)
 
@@ -330,12 +329,16 @@ def _render_method_externs(struct: str, prefix: str) -> str:
     return "".join(lines)
 
 
-def _render_method_rows(prefix: str) -> str:
-    """The rows of a backend's method table, indexed by the method enum (positional, so C and C++ both take it)."""
-    lines = [_HEADER, "// One row per method: the method's struct, at its enum value.\n"]
+def _rows_by_enum(entry: Callable[[Method], str]) -> list[str]:
+    """Table rows indexed by the method enum (positional, so C and C++ both take them): entry(method) or NULL."""
     by_id = {m.c_id: m for m in METHODS.values()}
-    lines += [f"    &{prefix}{by_id[i].name},\n" if i in by_id else "    NULL,\n" for i in range(max(by_id) + 1)]
-    return "".join(lines)
+    return [f"    {entry(by_id[i])},\n" if i in by_id else "    NULL,\n" for i in range(max(by_id) + 1)]
+
+
+def _render_method_rows(prefix: str) -> str:
+    """The rows of a backend's method table: each method's struct at its enum value."""
+    return "".join([_HEADER, "// One row per method: the method's struct, at its enum value.\n",
+                    *_rows_by_enum(lambda m: f"&{prefix}{m.name}")])
 
 
 GENERATED = {
