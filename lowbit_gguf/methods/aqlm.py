@@ -25,6 +25,7 @@ import torch
 
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, match_compact, register
 from lowbit_gguf.additive import additive_decode, beam_search_codes, objective
+from lowbit_gguf.bits import pack_indices, unpack_indices
 from lowbit_gguf.kmeans import kmeans
 from lowbit_gguf.training import BlockData, train_block
 
@@ -172,10 +173,10 @@ def pack(payload: dict[str, torch.Tensor], config: AQLMConfig):
     lowbit_type = aqlm_type(config.num_codebooks, config.nbits, config.group_size)
     codes = payload["codes"].long().numpy()  # [d_out, n_groups, M]
     d_out, n_groups, _ = codes.shape
-    stored = (codes & (config.codebook_size - 1)).astype(np.uint8 if config.nbits == 8 else "<u2")
+    stored = codes.reshape(d_out, -1) & (config.codebook_size - 1)  # int16 payloads hold 16-bit codes signed
     return PackedWeight(
         lowbit_type,
-        codes=stored.reshape(d_out, -1).view(np.uint8),
+        codes=pack_indices(stored, config.nbits),
         sides={CODEBOOK: payload["codebooks"].half().numpy(), ROW_SCALE: payload["scales"].half().numpy()},
         n_per_row=n_groups * config.group_size,
     )
@@ -185,8 +186,9 @@ def unpack(weight, config: AQLMConfig) -> dict[str, torch.Tensor]:
     """The payload of a PackedWeight that pack wrote (rows in the order the file stores them)."""
     from lowbit_gguf.gguf.types import CODEBOOK, ROW_SCALE
 
-    codes = weight.codes.view(np.uint8 if config.nbits == 8 else "<u2").astype(np.int64)
-    codes = codes.reshape(weight.d_out, weight.n_per_row // config.group_size, config.num_codebooks)
+    n_groups = weight.n_per_row // config.group_size
+    codes = unpack_indices(weight.codes, config.nbits, n_groups * config.num_codebooks)
+    codes = codes.reshape(weight.d_out, n_groups, config.num_codebooks)
     index_dtype = torch.int16 if config.nbits <= 15 else torch.int32
     return {"codes": torch.from_numpy(codes).to(index_dtype),
             "codebooks": torch.from_numpy(np.array(weight.sides[CODEBOOK], np.float16)),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lowbit_gguf.bits import pack_indices
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, StageContext, match_compact, register
 from lowbit_gguf.training import BlockData, train_block
 
@@ -197,13 +198,13 @@ def pack(payload: dict[str, torch.Tensor], config: PTQ161Config | None = None):
     signs = payload["signs"].numpy()
     codes = payload["salient_codes"].numpy().astype(np.uint8)
     d_in = mask.size
-    sign_bytes = np.packbits(signs, axis=1, bitorder="little")  # [d_out, (d_in - n_sal) / 8]
-    nibble_bytes = codes[:, 0::2] | (codes[:, 1::2] << 4)  # [d_out, n_sal / 2]
+    sign_bytes = pack_indices(signs, 1)  # [d_out, (d_in - n_sal) / 8]
+    nibble_bytes = pack_indices(codes, 4)  # [d_out, n_sal / 2]
     stream = np.concatenate([sign_bytes, nibble_bytes], axis=1)
     return PackedWeight(
         PTQ161,
         codes=np.ascontiguousarray(stream[:, : d_in // 8]),
-        sides={SALIENT_MASK: np.packbits(mask, bitorder="little").view(np.int8),
+        sides={SALIENT_MASK: pack_indices(mask, 1).view(np.int8),
                SALIENT_SPILL: np.ascontiguousarray(stream[:, d_in // 8:]).view(np.int8),
                ROW_PARAMS: stored_row_params(payload).numpy(),
                COL_SCALE: stored_col_scale(payload).numpy()},
