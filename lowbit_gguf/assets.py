@@ -11,7 +11,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from lowbit_gguf.cache import PinnedPackage, cache_root
+from lowbit_gguf.cache import PinnedPackage, cache_lock, cache_root
 from lowbit_gguf.files import partial_output
 
 MODEL_WHEEL = PinnedPackage(
@@ -40,6 +40,13 @@ def default_model_dir() -> Path:
     target = cache_root() / "models" / f"{MODEL_NAME}-f32"
     if (target / "config.json").exists():
         return target
+    with cache_lock("default-model", "preparing the default model"):
+        if not (target / "config.json").exists():
+            _prepare_default_model(target)
+    return target
+
+
+def _prepare_default_model(target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,7 +62,6 @@ def default_model_dir() -> Path:
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     partial.rename(target)
-    return target
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

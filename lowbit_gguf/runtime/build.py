@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lowbit_gguf.cache import PinnedPackage, cache_root, compile_shared_library
+from lowbit_gguf.cache import PinnedPackage, cache_lock, cache_root, compile_shared_library
 from lowbit_gguf.errors import LowbitError, RuntimeNotBuilt
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -232,11 +232,18 @@ def build_runtime(options: BuildOptions = BuildOptions(), jobs: int | None = Non
                   progress: bool = True) -> RuntimeBuild:
     """Fetch, patch and build; returns at once when a finished build for these inputs exists."""
     root = build_dir_for(options)
-    if (root / "build.json").exists():
-        build = RuntimeBuild(root, options, json.loads((root / "build.json").read_text()))
-        if not build.shim.exists():
-            _compile_shim(build)
-        return build
+    if not (root / "build.json").exists():
+        # one build per key at a time: a second run waits, then finds the build finished
+        with cache_lock(f"runtime-{root.name}", f"building the runtime {root.name}"):
+            if not (root / "build.json").exists():
+                _build(root, options, jobs, progress)
+    build = RuntimeBuild(root, options, json.loads((root / "build.json").read_text()))
+    if not build.shim.exists():
+        _compile_shim(build)
+    return build
+
+
+def _build(root: Path, options: BuildOptions, jobs: int | None, progress: bool) -> None:
     started = time.time()
     source = root / "src"
     if source.exists():
@@ -251,10 +258,8 @@ def build_runtime(options: BuildOptions = BuildOptions(), jobs: int | None = Non
         "flags": options.tag,
         "seconds": round(time.time() - started, 1),
     }
-    build = RuntimeBuild(root, options, info)
-    _compile_shim(build)
+    _compile_shim(RuntimeBuild(root, options, info))
     (root / "build.json").write_text(json.dumps(info, indent=2))
-    return build
 
 
 def extract_upstream(dest: Path) -> None:
