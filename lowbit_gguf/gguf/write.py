@@ -39,11 +39,13 @@ class PackedWeight:
             raise ValueError(f"{t.name} codes for rows of {self.n_per_row} must be uint8 [d_out, {row_bytes}], "
                              f"got {self.codes.dtype} {list(self.codes.shape)}")
         expected = t.side_shapes(self.d_out, self.n_per_row, self.sides)
-        for suffix in t.sides:
-            side = self.sides.get(suffix)
-            if side is None or side.shape != expected[suffix]:
-                raise ValueError(f"{t.name} side tensor {suffix!r} must have shape {expected[suffix]}, "
+        for spec in t.side_specs:
+            side = self.sides.get(spec.suffix)
+            if side is None or side.shape != expected[spec.suffix]:
+                raise ValueError(f"{t.name} side tensor {spec.suffix!r} must have shape {expected[spec.suffix]}, "
                                  f"got {None if side is None else side.shape}")
+            if side.dtype != spec.numpy_dtype:
+                raise ValueError(f"{t.name} side tensor {spec.suffix!r} must be {spec.ggml_type}, got {side.dtype}")
 
     @property
     def weight_params(self) -> dict[str, int]:

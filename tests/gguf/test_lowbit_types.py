@@ -7,7 +7,7 @@ import gguf
 from lowbit_gguf.gguf.types import BY_ID, FIRST_ID, GENERATED, LOWBIT_TYPES, SRC_DIR, aqlm_type, gguf_type
 from lowbit_gguf.gguf.write import PackedWeight, llama_rows_permutation
 
-from conftest import AQLM_CONFIGS, random_aqlm_payload
+from conftest import AQLM_CONFIGS, random_aqlm_payload, random_packed
 
 
 @pytest.mark.parametrize("rel", sorted(GENERATED))
@@ -100,3 +100,15 @@ def test_row_permutation_follows_the_pinned_converter():
     for n_head, rows in zip(head_counts, converted):
         np.testing.assert_array_equal(llama_rows_permutation(d_out, n_head), rows)
     assert BY_ID[FIRST_ID + 1].name == "AQLM_2X8"
+
+
+@pytest.mark.parametrize("lowbit_type", LOWBIT_TYPES, ids=[t.name for t in LOWBIT_TYPES])
+def test_a_packed_weight_refuses_sides_of_another_type_or_shape(lowbit_type):
+    packed = random_packed(lowbit_type)
+    for side in lowbit_type.side_specs:
+        data = packed.sides[side.suffix]
+        for bad, message in ((data.astype(np.float32), f"{side.suffix}' must be {side.ggml_type}"),
+                             (data[..., :-1], f"{side.suffix}' must have shape")):
+            with pytest.raises(ValueError, match=message):
+                PackedWeight(lowbit_type, packed.codes, {**packed.sides, side.suffix: bad}, packed.n_per_row)
+
