@@ -67,19 +67,14 @@ def _model_and_dir(model: str | Path | nn.Module) -> tuple[nn.Module, Path]:
 def quantize(model: str | Path | nn.Module, config, *,
              calibration: str | list[str] | CalibrationSet | torch.Tensor = DEFAULT_CALIBRATION,
              n_samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN, n_heldout: int = DEFAULT_HELDOUT,
-             device: str = "cpu",
-             checkpoint_dir: Path | None = None, progress: bool = True) -> QuantizedModel:
+             device: str = "cpu", checkpoint_dir: Path | None = None, progress: bool = True) -> QuantizedModel:
     """Quantize a Hugging Face model (its folder, or a model loaded from one; changed in place) with the method
     config belongs to. calibration: default texts by name or text files (tokenized and windowed for the model),
     a CalibrationSet, or a [n, seq_len] tensor of token ids. With checkpoint_dir an interrupted run resumes."""
     spec = method_for_config(config)
     model, model_dir = _model_and_dir(model)
     if isinstance(calibration, (str, list, tuple)):
-        calibration = model_calibration_set(model_dir, list(calibration) if not isinstance(calibration, str)
-                                            else calibration, n_samples, seq_len, n_heldout)
+        calibration = model_calibration_set(model_dir, calibration, n_samples, seq_len, n_heldout)
     result = quantize_model(model, calibration, spec, config, device=device, checkpoint_dir=checkpoint_dir,
                             progress=progress)
     return QuantizedModel(model, model_dir, spec, config, result)
-
-
-

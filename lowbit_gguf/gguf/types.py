@@ -134,10 +134,6 @@ class LowbitType:
         raise AttributeError(f"{self.__class__.__name__} {self.__dict__.get('name')} has no {key!r}")
 
     @property
-    def codebook_size(self) -> int:
-        return 2**self.code_bits
-
-    @property
     def ggml_enum(self) -> str:
         return f"GGML_TYPE_LOWBIT_{self.name}"
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from lowbit_gguf.errors import LowbitError
-from lowbit_gguf.gguf.write import PackedWeight
 from conftest import AQLM_CONFIGS, BF16_PROMPTS, bounds, cpu_has, random_aqlm_payload, unchecked_packed
 
 BOUNDS = bounds("aqlm")

@@ -1,12 +1,10 @@
 """AQLM files in the patched runtime: a small Llama quantized end to end, against its Python reference
 decode in transformers (malformed side tensors: test_side_tensors.py)."""
 
-import numpy as np
 import pytest
 
 import gguf
-from lowbit_gguf.errors import BadGGUF
-from runtime_parity import N_CTX, check_logits, check_perplexity
+from runtime_parity import check_logits, check_perplexity
 
 pytestmark = [pytest.mark.runtime, pytest.mark.model]
 
