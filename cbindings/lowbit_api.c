@@ -446,7 +446,13 @@ int32_t lb_lowbit_dequantize(int32_t type, const void * codes, size_t codes_byte
                            side_data, side_bytes, 0) < 0) {
         return -1;
     }
-    ggml_lowbit_dequantize_rows(lw.w->type, codes, lw.w->nb[1], n_per_row, 0, n_rows, side_data, out);
+    int64_t params[GGML_LOWBIT_MAX_WEIGHT_PARAMS];
+    char    err[256];
+    if (!ggml_lowbit_weight_params(lw.w, (const struct ggml_tensor * const *) lw.w->src, params, err, sizeof(err))) {
+        ggml_free(lw.ctx);
+        return set_error("%s", err);
+    }
+    ggml_lowbit_dequantize_rows(lw.w->type, codes, lw.w->nb[1], n_per_row, 0, n_rows, side_data, params, out);
     ggml_free(lw.ctx);
     return 0;
 }

@@ -9,11 +9,12 @@ from lowbit_gguf.nearest import nearest_codewords
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
-           weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           weights: torch.Tensor | None = None, tol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means on rows of x [n, g]: (centroids [k, g], assignment [n]). With weights [n] (e.g. the Hessian
     diagonal of each vector's input channel, as VPTQ weights its k-means) a centroid is the weighted mean of its
     points; a point's weight scales all its distances alike, so assignments stay nearest-centroid. Stops early at
-    a fixed point (an unchanged assignment gives unchanged centroids)."""
+    a fixed point (an unchanged assignment gives unchanged centroids), or once an iteration lowers the (weighted)
+    inertia by less than tol of it."""
     n = x.shape[0]
     # random draws come from the (CPU) generator, so a GPU run starts where a CPU run does
     perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
@@ -24,16 +25,21 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
         assign = torch.empty(n, dtype=torch.long, device=x.device).index_put_((perm,), torch.arange(n, device=x.device))
         return torch.cat([centroids, extra + 1e-3 * noise]), assign
 
-    def nearest(c: torch.Tensor) -> torch.Tensor:
-        return nearest_codewords(x, c, (c * c).sum(1))[1]
+    w = torch.ones(n, device=x.device, dtype=x.dtype) if weights is None else weights.to(x.dtype)
+    x_sq = (x * x).sum(1)
 
-    assign = None
+    def nearest(c: torch.Tensor) -> tuple[float, torch.Tensor]:
+        scores, assign = nearest_codewords(x, c, (c * c).sum(1))
+        return float(((scores + x_sq).clamp_min(0) * w).sum()), assign
+
+    assign, inertia = None, float("inf")
     for _ in range(iters):
-        previous, assign = assign, nearest(centroids)
-        if previous is not None and torch.equal(previous, assign):
+        previous, previous_inertia = assign, inertia
+        inertia, assign = nearest(centroids)
+        if previous is not None and (torch.equal(previous, assign) or
+                                     previous_inertia - inertia < tol * previous_inertia):
             return centroids, assign
-        w = torch.ones(n, device=x.device, dtype=x.dtype) if weights is None else weights.to(x.dtype)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x * w[:, None])
         mass = torch.zeros(k, device=x.device, dtype=x.dtype).index_add_(0, assign, w)[:, None]
         centroids = torch.where(mass > 0, sums / mass.clamp_min(1e-30), centroids)
-    return centroids, nearest(centroids)
+    return centroids, nearest(centroids)[1]

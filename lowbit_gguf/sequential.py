@@ -24,6 +24,7 @@ from lowbit_gguf.blocks import (Checkpoint, batch_kwargs, block_linears, capture
                                 collect_input_statistics, decoder_blocks, other_parameters, run_block, to_device)
 from lowbit_gguf.calibration import CalibrationSet, as_calibration
 from lowbit_gguf.errors import LowbitError
+from lowbit_gguf.gguf.write import file_row_order
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, StageContext
 from lowbit_gguf.training import BlockData
 
@@ -109,7 +110,11 @@ def quantize_model(model: nn.Module, calibration: CalibrationSet | torch.Tensor,
             _check_finite(full, linear.weight, "the weight")
             if statistics[name] is not None:
                 _check_finite(full, statistics[name], "the calibration statistic")
-            q = method.quantize(linear.weight.data, statistics[name], config)
+            if method.groups_rows:  # vectors of rows that stay consecutive in the file
+                order = file_row_order(getattr(model, "config", None), full, linear.weight.shape[0])
+                q = method.quantize(linear.weight.data, statistics[name], config, row_order=order)
+            else:
+                q = method.quantize(linear.weight.data, statistics[name], config)
             _check_finite(full, q.decoded, "the quantized decode")
             linear.weight.data.copy_(q.decoded.to(linear.weight.dtype))
             block_results[full] = q

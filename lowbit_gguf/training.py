@@ -119,3 +119,36 @@ def train_block(block: nn.Module, params: list[torch.Tensor], optimizer: torch.o
     if has_heldout:
         stopping.restore_best()
     return stopping
+
+
+def finetune_payloads(block: nn.Module, results: dict, data: BlockData, keys: tuple[str, ...],
+                      decode: Callable[[dict[str, torch.Tensor]], torch.Tensor], *, epochs: int, lr: float,
+                      batch: int, patience: int, seed: int) -> None:
+    """Block fine-tuning of the codebook-style methods: Adam on the payload parts `keys` of every linear (results:
+    {module name in the block: QuantizedLinear}; stored in f16, trained in f32) and on the block's norms, the
+    indices fixed, minimising the relative MSE between the block's outputs and the float block's (data.targets),
+    stopped early on the held-out windows. The results' payloads (back in f16) and decodes are updated in place."""
+    if epochs <= 0:
+        return
+    trainable = {name: {k: r.payload[k].float().requires_grad_(True) for k in keys} for name, r in results.items()}
+    norms = [p for name, p in block.named_parameters() if "norm" in name]
+    was_trainable = [p.requires_grad for p in norms]
+    for p in norms:
+        p.requires_grad_(True)
+    params = [t for entry in trainable.values() for t in entry.values()] + norms
+    opt = torch.optim.Adam(params, lr=lr)
+    scale = data.targets[:data.n_train].pow(2).mean()
+
+    def weights():
+        return {f"{name}.weight": decode({**results[name].payload, **t}) for name, t in trainable.items()}
+
+    def loss(out, rows):
+        return (out - data.targets[rows]).pow(2).mean() / scale
+
+    train_block(block, params, opt, weights, loss, data, epochs=epochs, batch=batch, seed=seed, patience=patience)
+    for p, flag in zip(norms, was_trainable):
+        p.requires_grad_(flag)
+    for name, t in trainable.items():
+        payload = results[name].payload
+        payload.update({k: v.detach().half() for k, v in t.items()})
+        results[name].decoded = decode(payload)

@@ -76,6 +76,22 @@ def tiny_ptq161(default_model_dir, tmp_path_factory):
     return report.gguf, folder / "decoded"
 
 
+@pytest.fixture(scope="session")
+def tiny_vptq(default_model_dir, tmp_path_factory):
+    """(GGUF, decoded HF checkpoint) of a 2-block Llama with hidden 128 quantized with VPTQ v8k256r256 (q/k rows
+    in llama.cpp's permuted order, so its row groups are the file's)."""
+    from lowbit_gguf.methods import get_method
+    from lowbit_gguf.export import quantize_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny-vptq")
+    make_tiny_llama(folder / "float", tokenizer_dir=default_model_dir, hidden=128, intermediate=512)
+    config = replace(get_method("vptq").parse_config("v8k256r256"), kmeans_iters=10, finetune_epochs=1)
+    report = quantize_checkpoint(folder / "float", "vptq", config, folder / "vptq.gguf", n_samples=4,
+                                 seq_len=64, save_decoded=folder / "decoded", embedding_type="f16",
+                                 progress=False)
+    return report.gguf, folder / "decoded"
+
+
 def make_tiny_llama(folder: Path, tokenizer_dir: Path | None = None, seed: int = 0,
                     layers: int = 2, vocab: int = 256, hidden: int = 64, intermediate: int | None = None):
     """A small random llama saved as a Hugging Face checkpoint (with the default model's tokenizer when
@@ -110,7 +126,7 @@ def aqlm_configs() -> list[str]:
 
 AQLM_CONFIGS = aqlm_configs()
 
-TINY_CONFIGS = {"rtn": "w4g32", "aqlm": "2x8", "aqlm-1x8": "1x8", "ptq161": "s20"}
+TINY_CONFIGS = {"rtn": "w4g32", "aqlm": "2x8", "aqlm-1x8": "1x8", "ptq161": "s20", "vptq": "v8k256r256"}
 
 
 def tiny_config(key: str):
@@ -123,6 +139,8 @@ def tiny_config(key: str):
         config = replace(config, max_rounds=1, adam_steps=3, kmeans_iters=3, finetune_epochs=1)
     if spec.name == "ptq161":
         config = replace(config, epochs=1)
+    if spec.name == "vptq":
+        config = replace(config, kmeans_iters=10, finetune_epochs=1)
     return spec, config
 
 
@@ -196,6 +214,27 @@ def random_ptq161_payload(d_out=24, d_in=96, ratio=0.2, seed=0):
     return spec, config, payload
 
 
+def random_vptq_payload(config_text="v8k256r256", d_out=24, d_in=128, seed=0):
+    """(spec, config, payload) of a VPTQ weight with random indices, codebooks, channel scales and biases."""
+    from lowbit_gguf.methods import get_method
+
+    spec = get_method("vptq")
+    config = spec.parse_config(config_text)
+    g = torch.Generator().manual_seed(seed)
+    groups, v = d_out // config.vector_len, config.vector_len
+    payload = {
+        "indices": torch.randint(0, config.num_centroids, (groups, d_in), generator=g).int(),
+        "res_indices": torch.randint(0, max(1, config.num_res_centroids), (groups, d_in), generator=g).int(),
+        "centroids": torch.randn(config.num_centroids, v, generator=g).half(),
+        "res_centroids": (0.3 * torch.randn(config.stored_res_centroids, v, generator=g)).half(),
+        "col_scale": (torch.rand(d_in, generator=g) + 0.5).half(),
+        "col_bias": (0.2 * torch.randn(d_in, generator=g)).half(),
+    }
+    if not config.num_res_centroids:
+        payload["res_centroids"].zero_()
+    return spec, config, payload
+
+
 def rewrite_gguf(source, out, edit):
     """Copy a GGUF, passing each (name, data, type) through edit (None drops the tensor)."""
     import gguf
@@ -232,6 +271,11 @@ def random_packed(lowbit_type):
         return spec.pack(payload, config)
     if lowbit_type.method == "ptq161":
         spec, config, payload = random_ptq161_payload()
+        return spec.pack(payload, config)
+    if lowbit_type.method == "vptq":
+        config = {"VPTQ_1": "v8k256", "VPTQ_1_5": "v8k256r16", "VPTQ_2": "v8k256r256", "VPTQ_3": "v8k4096r4096",
+                  "VPTQ_4": "v4k256r256"}[lowbit_type.name]
+        spec, config, payload = random_vptq_payload(config)
         return spec.pack(payload, config)
     raise NotImplementedError(f"no random weight for {lowbit_type.method}: add its row here")
 

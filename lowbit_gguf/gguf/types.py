@@ -2,7 +2,7 @@
 
 A weight of one of these types holds only codes; the tables it needs to decode them are side tensors in
 the same file, named from the weight (`blk.0.attn_q.weight` -> `blk.0.attn_q.codebook`, `.row_scale`).
-Ids 200-209 are AQLM's, 210-219 PTQ1.61's.
+Ids 200-209 are AQLM's, 210-219 PTQ1.61's, 220-229 VPTQ's.
 Type ids start at 200, far above upstream ggml's (43 types today) and ik_llama.cpp's (137 and up), so a
 future upstream type does not collide.
 
@@ -32,6 +32,9 @@ SALIENT_MASK = "salient_mask"
 SALIENT_SPILL = "salient_spill"
 ROW_PARAMS = "row_params"
 COL_SCALE = "col_scale"
+# VPTQ: the residual codebook (one f16 row of zeros when there is none) and the per-input-channel bias.
+RES_CODEBOOK = "res_codebook"
+COL_BIAS = "col_bias"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,36 @@ class Side:
 
     def numpy_shape(self, values: dict[str, int]) -> tuple[int, ...]:
         return tuple(int(eval(dim, {"__builtins__": {}}, values)) for dim in self.shape)
+
+
+def _vptq_params(sides: dict[str, np.ndarray]) -> dict[str, int]:
+    """VPTQ's per-weight parameters: vector length and codebook sizes, from the codebooks' shapes [k, v]."""
+    main, res = sides.get(CODEBOOK), sides.get(RES_CODEBOOK)
+    return {"vector_len": 0 if main is None or main.ndim != 2 else main.shape[1],
+            "n_centroids": 0 if main is None or main.ndim != 2 else main.shape[0],
+            "n_res_centroids": 0 if res is None or res.ndim != 2 else res.shape[0]}
+
+
+def vptq_check(lowbit_type: "LowbitType", d_out: int, d_in: int, params: dict[str, int]) -> str | None:
+    """What VPTQ's codebook shapes must satisfy beyond matching each other (the C side's vptq_weight_params
+    checks the same): k and k_res powers of two, k_res = 1 meaning no residual, v dividing d_out, and
+    (log2 k + log2 k_res) / v index bits per weight, the type's."""
+    v, k, k_res = params["vector_len"], params["n_centroids"], params["n_res_centroids"]
+    if not (1 <= v <= VPTQ_MAX_VECTOR_LEN and 2 <= k <= 65536 and 1 <= k_res <= 65536):
+        return (f"codebooks of {k} and {k_res} vectors of {v}: VPTQ needs 1 <= v <= {VPTQ_MAX_VECTOR_LEN}, "
+                "2 <= k <= 65536 and 1 <= k_res <= 65536")
+    if k & (k - 1) or k_res & (k_res - 1):
+        return f"codebook sizes {k} and {k_res} are not powers of two"
+    if d_out % v:
+        return f"vector length {v} does not divide the {d_out} output rows"
+    bits = (k.bit_length() - 1) + (k_res.bit_length() - 1)
+    if bits * lowbit_type.block_size != 8 * lowbit_type.type_size * v:
+        return (f"{bits}-bit indices over vectors of {v} are {bits / v:g} bits per weight; "
+                f"{lowbit_type.name} holds {8 * lowbit_type.type_size / lowbit_type.block_size:g}")
+    return None
+
+
+VPTQ_MAX_VECTOR_LEN = 32
 
 
 def _set_bits(bytes_: np.ndarray | None) -> int:
@@ -86,6 +119,10 @@ class Method:
     # sides; the C side reads them in the method's lowbit/<method>.c (weight_params)
     weight_params: tuple[str, ...] = ()
     read_weight_params: Callable[[dict[str, np.ndarray]], dict[str, int]] = lambda sides: {}
+    # what the per-weight parameters must satisfy: (type, d_out, d_in, params) -> None or what is wrong
+    check_weight_params: Callable[["LowbitType", int, int, dict[str, int]], str | None] = lambda *args: None
+    constants: tuple[tuple[str, int], ...] = ()  # limits the C side shares (GGML_LOWBIT_<METHOD>_<NAME>)
+    groups_rows: bool = False  # rows are read in groups (VPTQ's v): a weight's rows cannot be reordered
     bounds: KernelBounds = KernelBounds()
 
     @property
@@ -107,7 +144,17 @@ PTQ161_METHOD = Method("ptq161", 2, (Side(SALIENT_MASK, "I8", ("d_in // 8",)),
                        read_weight_params=lambda sides: {"n_salient": _set_bits(sides.get(SALIENT_MASK))},
                        # AVX-512 VNNI rounds the gathered input to int16 (15 bits of each part's largest)
                        bounds=KernelBounds(few_tokens=1e-4))
-METHODS = {m.name: m for m in (AQLM, PTQ161_METHOD)}
+# VPTQ's weight row r holds part of the index stream of its row group r // v: the group's d_in entries
+# (main index | residual index << log2 k, in input-channel order) as one little-endian bit stream, cut into v
+# equal rows. Thread and GPU row splits read whole groups.
+VPTQ = Method("vptq", 3, (Side(CODEBOOK, "F16", ("n_centroids", "vector_len")),
+                          Side(RES_CODEBOOK, "F16", ("n_res_centroids", "vector_len")),
+                          Side(COL_SCALE, "F16", ("d_in",)),
+                          Side(COL_BIAS, "F16", ("d_in",))),
+              weight_params=("vector_len", "n_centroids", "n_res_centroids"),
+              read_weight_params=_vptq_params, check_weight_params=vptq_check,
+              constants=(("MAX_VECTOR_LEN", VPTQ_MAX_VECTOR_LEN),), groups_rows=True)
+METHODS = {m.name: m for m in (AQLM, PTQ161_METHOD, VPTQ)}
 PER_ROW_SIDES = frozenset(side.suffix for m in METHODS.values() for side in m.sides if side.per_row)
 
 
@@ -165,11 +212,25 @@ PTQ161 = LowbitType(name="PTQ161", type_id=FIRST_ID + 10, method="ptq161", block
                     description="PTQ1.61: salient input channels 4-bit per row, the rest signs with row and "
                                 "column scales; 1 bit per weight here, 3 more per salient weight in a side tensor")
 
+
+
+def _vptq(name: str, type_id: int, eighths: int) -> LowbitType:
+    bits = eighths / 8
+    return LowbitType(name=name, type_id=type_id, method="vptq", block_size=64, type_size=eighths, params=(),
+                      description=f"VPTQ, {bits:g} index bits per weight: v rows of one input channel are a main "
+                                  "plus a residual f16 centroid, times the channel's scale, plus its bias")
+
+
 LOWBIT_TYPES: tuple[LowbitType, ...] = (
     _aqlm("AQLM_1X16", FIRST_ID + 0, 1, 16),
     _aqlm("AQLM_2X8", FIRST_ID + 1, 2, 8),
     _aqlm("AQLM_1X8", FIRST_ID + 2, 1, 8),
     PTQ161,
+    _vptq("VPTQ_1", FIRST_ID + 20, 8),
+    _vptq("VPTQ_1_5", FIRST_ID + 21, 12),
+    _vptq("VPTQ_2", FIRST_ID + 22, 16),
+    _vptq("VPTQ_3", FIRST_ID + 23, 24),
+    _vptq("VPTQ_4", FIRST_ID + 24, 32),
 )
 BY_NAME = {t.name: t for t in LOWBIT_TYPES}
 BY_ID = {t.type_id: t for t in LOWBIT_TYPES}
@@ -184,6 +245,17 @@ def aqlm_type(num_codebooks: int, code_bits: int, group_size: int) -> LowbitType
     have = ", ".join(f"{t.num_codebooks}x{t.code_bits}" for t in LOWBIT_TYPES if t.method == "aqlm")
     raise ValueError(f"AQLM {num_codebooks}x{code_bits} with groups of {group_size} has no GGUF type; "
                      f"the runtime runs {have} with groups of 8")
+
+
+def vptq_type(index_bits: int, vector_len: int) -> LowbitType:
+    """The GGUF type holding VPTQ indices of index_bits (main + residual) per vector of vector_len, or a ValueError
+    naming the bits per weight the types hold."""
+    for t in LOWBIT_TYPES:
+        if t.method == "vptq" and index_bits * t.block_size == 8 * t.type_size * vector_len:
+            return t
+    have = ", ".join(f"{8 * t.type_size / t.block_size:g}" for t in LOWBIT_TYPES if t.method == "vptq")
+    raise ValueError(f"VPTQ with {index_bits}-bit indices over vectors of {vector_len} is {index_bits / vector_len:g} "
+                     f"index bits per weight; the GGUF types hold {have}")
 
 
 def register_with_gguf() -> None:
@@ -261,6 +333,7 @@ def render_ids() -> str:
             for dim in side.shape:
                 if dim.isdigit():
                     lines.append(f"#define {_c_side_enum(m, side)}_N {dim}\n")
+        lines += [f"#define GGML_LOWBIT_{m.c_name}_{name} {value}\n" for name, value in m.constants]
         if m.type_params:
             lines.append(f"struct ggml_lowbit_{m.name}_params {{\n")
             lines += [f"    int {p};\n" for p in m.type_params]

@@ -31,6 +31,9 @@ class PackedWeight:
     codes: np.ndarray  # uint8 [d_out, row_bytes]
     sides: dict[str, np.ndarray]  # suffix -> array in numpy order (ggml's ne reversed)
     n_per_row: int  # d_in
+    # types whose rows are read in groups (VPTQ) cannot move rows: the model row each stored row holds, fixed
+    # when the weight was quantized (None: as the model has them)
+    row_order: np.ndarray | None = None
 
     def __post_init__(self):
         t = self.lowbit_type
@@ -46,6 +49,9 @@ class PackedWeight:
                                  f"got {None if side is None else side.shape}")
             if side.dtype != spec.numpy_dtype:
                 raise ValueError(f"{t.name} side tensor {spec.suffix!r} must be {spec.ggml_type}, got {side.dtype}")
+        problem = METHODS[t.method].check_weight_params(t, self.d_out, self.n_per_row, self.weight_params)
+        if problem:
+            raise ValueError(f"{t.name}: {problem}")
 
     @property
     def weight_params(self) -> dict[str, int]:
@@ -56,7 +62,21 @@ class PackedWeight:
     def d_out(self) -> int:
         return self.codes.shape[0]
 
+    @property
+    def groups_rows(self) -> bool:
+        return METHODS[self.lowbit_type.method].groups_rows
+
     def permute_rows(self, perm: np.ndarray) -> PackedWeight:
+        """The weight with stored row i holding what row perm[i] held. A type that reads rows in groups keeps its
+        rows where they are: perm must then be the order they were quantized in (the file's order, which
+        lowbit_gguf.gguf.write.file_row_order gives the quantizer)."""
+        if self.groups_rows:
+            order = np.arange(self.d_out) if self.row_order is None else self.row_order
+            if not np.array_equal(perm, order):
+                raise LowbitError(f"{self.lowbit_type.name} reads rows in groups, so its rows cannot be reordered; "
+                                  "this weight was quantized for another row order than the file's (quantize the "
+                                  "model again with this version of lowbit-gguf)")
+            return self
         sides = {k: (v[perm] if k in PER_ROW_SIDES else v) for k, v in self.sides.items()}
         return PackedWeight(self.lowbit_type, np.ascontiguousarray(self.codes[perm]), sides, self.n_per_row)
 
@@ -65,6 +85,26 @@ def llama_rows_permutation(d_out: int, n_head: int) -> np.ndarray:
     """The row order convert_hf_to_gguf gives Llama's q/k weights (LlamaModel.permute), as indices."""
     rows = np.arange(d_out)
     return rows.reshape(n_head, 2, d_out // n_head // 2).swapaxes(1, 2).reshape(d_out)
+
+
+# Hugging Face model types whose q/k rows llama.cpp's converter permutes (LlamaModel.modify_tensors and the
+# classes that inherit it)
+LLAMA_PERMUTED_TYPES = ("llama", "mistral", "mixtral", "granite", "granitemoe", "smollm3")
+
+
+def file_row_order(model_config, module: str, d_out: int) -> np.ndarray | None:
+    """The order llama.cpp's converter will write this module's rows in (Llama's q/k permutation), or None when it
+    keeps them as they are. Methods that group rows (VPTQ) quantize in this order, so each group is consecutive
+    in the file; the writer checks the converter agrees."""
+    if getattr(model_config, "model_type", None) not in LLAMA_PERMUTED_TYPES:
+        return None
+    n_head = getattr(model_config, "num_attention_heads", 0)
+    heads = {"self_attn.q_proj": n_head,
+             "self_attn.k_proj": getattr(model_config, "num_key_value_heads", None) or n_head}
+    for suffix, count in heads.items():
+        if module.endswith(suffix) and count and d_out % (2 * count) == 0:
+            return llama_rows_permutation(d_out, count)
+    return None
 
 
 def row_orders(d_out: int, head_counts: list[int]) -> list[np.ndarray]:

@@ -97,6 +97,9 @@ class MethodSpec:
     unpack: Unpack | None = None
     finetune_keys: tuple[str, ...] = ()  # payload parts end-to-end fine-tuning may train, codes fixed
     listed: bool = True  # False: for the tests only, not offered to users
+    # quantize takes row_order= (the order the GGUF will hold the weight's rows in, None: as they are), for
+    # methods whose vectors span rows (VPTQ)
+    groups_rows: bool = False
 
     def parse_config(self, text, overrides: dict[str, str] | None = None):
         """A config from its compact text ('2x8'), None (the defaults), or a config object as is; overrides
@@ -177,4 +180,4 @@ def available_methods() -> list[str]:
 
 
 def _load_builtin_methods() -> None:
-    from lowbit_gguf.methods import aqlm, identity, ptq161, rtn  # noqa: F401  (registration happens on import)
+    from lowbit_gguf.methods import aqlm, identity, ptq161, rtn, vptq  # noqa: F401  (registration happens on import)

@@ -27,7 +27,7 @@ from lowbit_gguf.methods import MethodSpec, QuantizedLinear, match_compact, regi
 from lowbit_gguf.additive import additive_decode, beam_search_codes, objective
 from lowbit_gguf.bits import pack_indices, unpack_indices
 from lowbit_gguf.kmeans import kmeans
-from lowbit_gguf.training import BlockData, train_block
+from lowbit_gguf.training import BlockData, finetune_payloads
 
 
 @dataclass(frozen=True)
@@ -135,34 +135,9 @@ def finetune_block(block, results: dict[str, QuantizedLinear], data: BlockData, 
     """Adam on every linear's codebooks and scales and on the block's norms, codes fixed, minimising the
     relative MSE between the quantized block's outputs and the float block's (data.targets), stopped early
     on the held-out windows."""
-    if config.finetune_epochs <= 0:
-        return
-    trainable = {name: {"codebooks": r.payload["codebooks"].float().requires_grad_(True),
-                        "scales": r.payload["scales"].float().requires_grad_(True)} for name, r in results.items()}
-    norms = [p for name, p in block.named_parameters() if "norm" in name]
-    was_trainable = [p.requires_grad for p in norms]
-    for p in norms:
-        p.requires_grad_(True)
-    params = [t for entry in trainable.values() for t in entry.values()] + norms
-    opt = torch.optim.Adam(params, lr=config.finetune_lr)
-    scale = data.targets[:data.n_train].pow(2).mean()
-
-    def weights():
-        return {f"{name}.weight": decode({"codes": results[name].payload["codes"], **t}, config)
-                for name, t in trainable.items()}
-
-    def loss(out, rows):
-        return (out - data.targets[rows]).pow(2).mean() / scale
-
-    train_block(block, params, opt, weights, loss, data, epochs=config.finetune_epochs,
-                batch=config.finetune_batch, seed=config.seed, patience=config.finetune_patience)
-    for p, flag in zip(norms, was_trainable):
-        p.requires_grad_(flag)
-    for name, t in trainable.items():
-        payload = results[name].payload
-        payload["codebooks"] = t["codebooks"].detach().half()
-        payload["scales"] = t["scales"].detach().half()
-        results[name].decoded = decode(payload, config)
+    finetune_payloads(block, results, data, ("codebooks", "scales"), lambda payload: decode(payload, config),
+                      epochs=config.finetune_epochs, lr=config.finetune_lr, batch=config.finetune_batch,
+                      patience=config.finetune_patience, seed=config.seed)
 
 
 def pack(payload: dict[str, torch.Tensor], config: AQLMConfig):

@@ -8,6 +8,7 @@
 #include "ggml-lowbit.h"
 #include "lowbit-aqlm-lanes.cuh"
 #include "lowbit-ptq161-lanes.cuh"
+#include "lowbit-vptq-lanes.cuh"
 
 // dst [n_tokens][n_rows] = W x for x [n_tokens][n_blocks * 8]; decoded [n_rows][n_blocks * 8] = W
 template <int M, int B>
@@ -85,6 +86,54 @@ extern "C" int shim_cuda_ptq161(const uint8_t * codes, const uint8_t * spill, co
         }
         for (int64_t c = 0; c < d_in; ++c) {
             decoded[r * d_in + c] = ptq161_weight(row, row_spill, row_bytes, p, cs, pos[c], c, d_in, n_sal);
+        }
+    }
+    return 0;
+}
+
+// as lowbit-vptq.cu: one warp per row group (its 32 lanes in turn, partials summed), tokens VPTQ_GEMV_TOKENS at a
+// time; the decode per weight
+extern "C" int shim_cuda_vptq(const uint8_t * codes, uint64_t row_bytes, int v, int64_t k, int64_t k_res,
+                              const uint16_t * codebook, const uint16_t * res_codebook, const uint16_t * col_scale,
+                              const uint16_t * col_bias, const float * x, int n_tokens, float * dst, float * decoded,
+                              int64_t n_rows, int64_t d_in) {
+    if (n_tokens < 1 || n_tokens > LOWBIT_GEMV_MAX_TOKENS || v < 1 || v > VPTQ_GEMV_MAX_LEN || n_rows % v) {
+        return -1;
+    }
+    vptq_shape s;
+    s.v = v;
+    s.main_bits = ggml_lowbit_log2(k);
+    s.bits      = s.main_bits + ggml_lowbit_log2(k_res);
+    s.mask = (uint32_t) (k - 1);
+    const half * cb = (const half *) codebook, * res = (const half *) res_codebook;
+    const half * sc = (const half *) col_scale, * bi = (const half *) col_bias;
+    for (int64_t g = 0; g < n_rows / v; ++g) {
+        for (int t0 = 0; t0 < n_tokens; t0 += VPTQ_GEMV_TOKENS) {
+            const int nt = n_tokens - t0 < VPTQ_GEMV_TOKENS ? n_tokens - t0 : VPTQ_GEMV_TOKENS;
+            float sum[VPTQ_GEMV_TOKENS][VPTQ_GEMV_MAX_LEN] = { { 0.0f } };
+            float bias_sum[VPTQ_GEMV_TOKENS] = { 0.0f };
+            for (int lane = 0; lane < WARP_SIZE; ++lane) {
+                float acc[VPTQ_GEMV_TOKENS][VPTQ_GEMV_MAX_LEN] = { { 0.0f } };
+                float bias_acc[VPTQ_GEMV_TOKENS] = { 0.0f };
+                vptq_gemv_lane(codes + g * v * row_bytes, s, cb, res, sc, bi, x + t0 * d_in, d_in, d_in, nt, lane,
+                               acc, bias_acc);
+                for (int t = 0; t < nt; ++t) {
+                    bias_sum[t] += bias_acc[t];
+                    for (int i = 0; i < v; ++i) {
+                        sum[t][i] += acc[t][i];
+                    }
+                }
+            }
+            for (int t = 0; t < nt; ++t) {
+                for (int i = 0; i < v; ++i) {
+                    dst[(t0 + t) * n_rows + g * v + i] = sum[t][i] + bias_sum[t];
+                }
+            }
+        }
+    }
+    for (int64_t r = 0; r < n_rows; ++r) {
+        for (int64_t j = 0; j < d_in; ++j) {
+            decoded[r * d_in + j] = vptq_weight(codes, row_bytes, s, cb, res, sc, bi, r, j);
         }
     }
     return 0;

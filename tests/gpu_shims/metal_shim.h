@@ -12,5 +12,6 @@
 
 typedef uint8_t  uchar;
 typedef uint32_t uint;
+typedef uint64_t ulong;
 
 inline uint popcount(uint v) { return (uint) __builtin_popcount(v); }

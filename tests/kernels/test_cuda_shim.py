@@ -5,7 +5,7 @@ same bytes. Where a GPU is lent, tests/runtime/test_cuda.py runs the kernels the
 import numpy as np
 import pytest
 
-from conftest import AQLM_CONFIGS, compile_gpu_shim, random_aqlm_payload, random_ptq161_payload
+from conftest import AQLM_CONFIGS, compile_gpu_shim, random_aqlm_payload, random_ptq161_payload, random_vptq_payload
 from lowbit_gguf.runtime.build import PATCH_DIR
 
 CUDA_DIR = PATCH_DIR / "src" / "ggml" / "src" / "ggml-cuda"
@@ -16,6 +16,10 @@ int shim_cuda_aqlm(int m, int b, const uint8_t * codes, uint64_t row_bytes, cons
 int shim_cuda_ptq161(const uint8_t * codes, const uint8_t * spill, const uint16_t * params, const uint8_t * mask,
                      const uint16_t * col_scale, const float * x, int n_tokens, float * dst, float * decoded,
                      int64_t n_rows, int64_t d_in, int64_t n_sal);
+int shim_cuda_vptq(const uint8_t * codes, uint64_t row_bytes, int v, int64_t k, int64_t k_res,
+                   const uint16_t * codebook, const uint16_t * res_codebook, const uint16_t * col_scale,
+                   const uint16_t * col_bias, const float * x, int n_tokens, float * dst, float * decoded,
+                   int64_t n_rows, int64_t d_in);
 """
 N_TOKENS = 3  # the GEMV path takes up to 8 tokens at once
 D_OUT, D_IN = 40, 512  # 64 groups of 8: two per lane
@@ -72,3 +76,26 @@ def test_cuda_ptq161_arithmetic_matches_python(shim, ratio):
     assert rc == 0
     check(out, decoded, spec.decode(payload).numpy(), x)
 
+
+
+@pytest.mark.parametrize("config_text", ["v8k256r256", "v8k256", "v4k256r16", "v8k4096r4096", "v16k256r256"])
+def test_cuda_vptq_arithmetic_matches_python(shim, config_text):
+    """Entries of 8 to 24 bits (some straddling bytes), with and without the residual codebook; 6 tokens take two
+    GEMV launches."""
+    ffi, lib = shim
+    d_out = 48
+    spec, config, payload = random_vptq_payload(config_text, d_out=d_out, d_in=D_IN)
+    packed = spec.pack(payload, config)
+    n_tokens = 6
+    x = np.random.default_rng(3).standard_normal((n_tokens, D_IN)).astype(np.float32)
+    out, decoded = np.empty((n_tokens, d_out), np.float32), np.empty((d_out, D_IN), np.float32)
+    sides = {k: np.ascontiguousarray(v).view(np.uint16) for k, v in packed.sides.items()}
+    params = packed.weight_params
+    rc = lib.shim_cuda_vptq(ffi.from_buffer(packed.codes), packed.codes.shape[1], params["vector_len"],
+                            params["n_centroids"], params["n_res_centroids"],
+                            *(ffi.from_buffer("uint16_t[]", sides[k])
+                              for k in ("codebook", "res_codebook", "col_scale", "col_bias")),
+                            ffi.from_buffer("float[]", x), n_tokens, ffi.from_buffer("float[]", out),
+                            ffi.from_buffer("float[]", decoded), d_out, D_IN)
+    assert rc == 0
+    check(out, decoded, spec.decode(payload, config).numpy(), x)

@@ -16,7 +16,7 @@ from runtime_parity import N_CTX
 pytestmark = pytest.mark.runtime
 
 # the tiny quantized file of each method (conftest fixtures)
-TINY_FILES = {"aqlm": "tiny_aqlm", "ptq161": "tiny_ptq161"}
+TINY_FILES = {"aqlm": "tiny_aqlm", "ptq161": "tiny_ptq161", "vptq": "tiny_vptq"}
 SIDES = [(method, side) for method in METHODS.values() for side in method.sides]
 
 

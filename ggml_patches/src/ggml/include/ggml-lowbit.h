@@ -62,12 +62,42 @@ GGML_LOWBIT_INLINE uint8_t ggml_lowbit_ptq161_stream_byte(const uint8_t * row, c
     return i < row_bytes ? row[i] : spill[i - row_bytes];
 }
 
+// The method's per-weight parameters (lowbit_gguf/gguf/types.py: Method.weight_params, e.g. VPTQ's vector length
+// and codebook sizes) read from the side tensors' shapes, checked; GGML_LOWBIT_MAX_WEIGHT_PARAMS entries. False with
+// a message in err when they are out of range.
+GGML_API bool ggml_lowbit_weight_params(const struct ggml_tensor * weight, const struct ggml_tensor * const * sides,
+                                        int64_t * params, char * err, size_t err_size);
+
+// the smallest b with 2^b >= n (VPTQ's index bits from its codebook sizes)
+GGML_LOWBIT_INLINE int ggml_lowbit_log2(int64_t n) {
+    int b = 0;
+    while (((int64_t) 1 << b) < n) {
+        ++b;
+    }
+    return b;
+}
+
+// VPTQ: entry j of a row group's index stream, `bits` (<= 32) wide, little-endian bit order (main index in the low
+// log2(k) bits, residual index above); reads only the entry's own bytes
+GGML_LOWBIT_INLINE uint32_t ggml_lowbit_vptq_entry(const uint8_t * stream, int64_t j, int bits) {
+    const int64_t   bit   = j * bits;
+    const uint8_t * p     = stream + (bit >> 3);
+    const int       shift = (int) (bit & 7);
+    const int       n     = (shift + bits + 7) >> 3;
+    uint64_t        value = 0;
+    for (int i = 0; i < n; ++i) {
+        value |= (uint64_t) p[i] << (8 * i);
+    }
+    return (uint32_t) ((value >> shift) & ((1ull << bits) - 1));
+}
+
 // Plain C reference decode of rows [row0, row0 + n_rows) of a weight with n_per_row columns, whose rows
-// start at codes (row0's codes first, rows row_bytes apart). sides as in the table, data pointers, already
-// checked (check_sides, check_side_data).
+// start at codes (row0's codes first, rows row_bytes apart; for types that read rows in groups, VPTQ's, the
+// codes of the group's earlier rows lie before them). sides as in the table, data pointers, already checked
+// (check_sides, check_side_data); weight_params from ggml_lowbit_weight_params.
 GGML_API void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * codes, size_t row_bytes,
                                           int64_t n_per_row, int64_t row0, int64_t n_rows,
-                                          const void * const * sides, float * out);
+                                          const void * const * sides, const int64_t * weight_params, float * out);
 
 // CPU kernels: the fastest this build has (for a few tokens AVX-512 for PTQ1.61, AVX2 for AQLM; prompts in bf16
 // with AVX-512 BF16; where compiled in), or the portable ones (look-up tables, f32 sgemm). Process-wide; the tests

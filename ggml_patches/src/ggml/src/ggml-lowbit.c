@@ -59,6 +59,18 @@ static bool check_side(const struct ggml_tensor * side, const char * suffix, enu
     return true;
 }
 
+bool ggml_lowbit_weight_params(const struct ggml_tensor * weight, const struct ggml_tensor * const * sides,
+                               int64_t * params, char * err, size_t err_size) {
+    const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(weight->type);
+    if (info == NULL) {
+        snprintf(err, err_size, "%s is not a lowbit type", ggml_type_name(weight->type));
+        return false;
+    }
+    memset(params, 0, GGML_LOWBIT_MAX_WEIGHT_PARAMS * sizeof(int64_t));
+    return method_of(info)->weight_params == NULL ||
+           method_of(info)->weight_params(info, weight, sides, params, err, err_size);
+}
+
 bool ggml_lowbit_check_sides(const struct ggml_tensor * weight, const struct ggml_tensor * const * sides,
                              char * err, size_t err_size) {
     const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(weight->type);
@@ -71,9 +83,8 @@ bool ggml_lowbit_check_sides(const struct ggml_tensor * weight, const struct ggm
                  (long long) weight->ne[2], (long long) weight->ne[3]);
         return false;
     }
-    int64_t params[GGML_LOWBIT_MAX_WEIGHT_PARAMS] = { 0 };
-    if (method_of(info)->weight_params != NULL &&
-        !method_of(info)->weight_params(info, weight, sides, params, err, err_size)) {
+    int64_t params[GGML_LOWBIT_MAX_WEIGHT_PARAMS];
+    if (!ggml_lowbit_weight_params(weight, sides, params, err, err_size)) {
         return false;
     }
     int64_t ne[GGML_LOWBIT_MAX_SIDES][4];
@@ -101,10 +112,12 @@ bool ggml_lowbit_reads_side_data(enum ggml_type type) {
 }
 
 void ggml_lowbit_dequantize_rows(enum ggml_type type, const void * codes, size_t row_bytes, int64_t n_per_row,
-                                 int64_t row0, int64_t n_rows, const void * const * sides, float * out) {
+                                 int64_t row0, int64_t n_rows, const void * const * sides,
+                                 const int64_t * weight_params, float * out) {
     const struct ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(type);
     GGML_ASSERT(info != NULL && info->block_size <= 64 && n_per_row % info->block_size == 0);
-    method_of(info)->dequantize_rows(info, (const uint8_t *) codes, row_bytes, n_per_row, row0, n_rows, sides, out);
+    method_of(info)->dequantize_rows(info, (const uint8_t *) codes, row_bytes, n_per_row, row0, n_rows, sides,
+                                     weight_params, out);
 }
 
 int64_t ggml_lowbit_count_set_bits(const uint8_t * bytes, int64_t n) {

@@ -3,3 +3,4 @@
 
 extern const ggml_cuda_lowbit_method ggml_cuda_lowbit_aqlm;
 extern const ggml_cuda_lowbit_method ggml_cuda_lowbit_ptq161;
+extern const ggml_cuda_lowbit_method ggml_cuda_lowbit_vptq;

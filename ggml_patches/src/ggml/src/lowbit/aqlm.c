@@ -13,7 +13,8 @@ static inline uint32_t aqlm_code(const uint8_t * row, int64_t b, int m, const st
 
 static void aqlm_dequantize_rows(const struct ggml_lowbit_type_info * info, const uint8_t * codes, size_t row_bytes,
                                  int64_t n_per_row, int64_t row0, int64_t n_rows, const void * const * sides,
-                                 float * out) {
+                                 const int64_t * weight_params, float * out) {
+    GGML_UNUSED(weight_params);
     const ggml_fp16_t * codebook  = (const ggml_fp16_t *) sides[0];
     const ggml_fp16_t * row_scale = (const ggml_fp16_t *) sides[1];
     const int           g         = info->block_size;

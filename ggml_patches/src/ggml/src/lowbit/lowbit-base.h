@@ -17,7 +17,8 @@ struct ggml_lowbit_base_method {
                             const struct ggml_tensor * const * sides, char * err, size_t err_size);
     // rows [row0, row0 + n_rows) to f32, as ggml_lowbit_dequantize_rows
     void (*dequantize_rows)(const struct ggml_lowbit_type_info * info, const uint8_t * codes, size_t row_bytes,
-                            int64_t n_per_row, int64_t row0, int64_t n_rows, const void * const * sides, float * out);
+                            int64_t n_per_row, int64_t row0, int64_t n_rows, const void * const * sides,
+                            const int64_t * weight_params, float * out);
 };
 
 #include "lowbit-methods.h"  // each method's struct, declared from lowbit_gguf/gguf/types.py

@@ -3,3 +3,4 @@
 
 extern const struct ggml_lowbit_base_method ggml_lowbit_base_aqlm;
 extern const struct ggml_lowbit_base_method ggml_lowbit_base_ptq161;
+extern const struct ggml_lowbit_base_method ggml_lowbit_base_vptq;

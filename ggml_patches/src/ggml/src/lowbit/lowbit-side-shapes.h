@@ -62,6 +62,43 @@ static void ggml_lowbit_ptq161_side_ne(const struct ggml_lowbit_type_info * info
     ne[3][3] = 1;
 }
 
+// vptq: weight_params holds vector_len, n_centroids, n_res_centroids
+static void ggml_lowbit_vptq_side_ne(const struct ggml_lowbit_type_info * info, int64_t d_out, int64_t d_in,
+        const int64_t * weight_params, int64_t ne[][4]) {
+    const int64_t block_size = info->block_size;
+    const int64_t vector_len = weight_params[0];
+    const int64_t n_centroids = weight_params[1];
+    const int64_t n_res_centroids = weight_params[2];
+    (void) d_out;
+    (void) d_in;
+    (void) block_size;
+    (void) vector_len;
+    (void) n_centroids;
+    (void) n_res_centroids;
+    (void) weight_params;
+    (void) info;
+    // codebook
+    ne[0][0] = vector_len;
+    ne[0][1] = n_centroids;
+    ne[0][2] = 1;
+    ne[0][3] = 1;
+    // res_codebook
+    ne[1][0] = vector_len;
+    ne[1][1] = n_res_centroids;
+    ne[1][2] = 1;
+    ne[1][3] = 1;
+    // col_scale
+    ne[2][0] = d_in;
+    ne[2][1] = 1;
+    ne[2][2] = 1;
+    ne[2][3] = 1;
+    // col_bias
+    ne[3][0] = d_in;
+    ne[3][1] = 1;
+    ne[3][2] = 1;
+    ne[3][3] = 1;
+}
+
 typedef void (*ggml_lowbit_side_ne_fn)(const struct ggml_lowbit_type_info *, int64_t, int64_t,
                                        const int64_t *, int64_t[][4]);
 
@@ -70,4 +107,5 @@ static const ggml_lowbit_side_ne_fn ggml_lowbit_side_ne[] = {
     NULL,
     ggml_lowbit_aqlm_side_ne,
     ggml_lowbit_ptq161_side_ne,
+    ggml_lowbit_vptq_side_ne,
 };

@@ -47,10 +47,10 @@ static bool ptq161_check_side_data(const struct ggml_lowbit_type_info * info, co
 // j-th other one is sign bit j (layout: lowbit_gguf/methods/ptq161.py, pack).
 static void ptq161_dequantize_rows(const struct ggml_lowbit_type_info * info, const uint8_t * codes, size_t row_bytes,
                                    int64_t n_per_row, int64_t row0, int64_t n_rows, const void * const * sides,
-                                   float * out) {
+                                   const int64_t * weight_params, float * out) {
     GGML_UNUSED(info);
     const uint8_t *     mask       = (const uint8_t *) sides[GGML_LOWBIT_PTQ161_SALIENT_MASK];
-    const int64_t       n_sal      = ggml_lowbit_count_set_bits(mask, n_per_row / 8);
+    const int64_t       n_sal      = weight_params[0];
     const int64_t       spill_row  = 3 * n_sal / 8;
     const int64_t       sign_bytes = (n_per_row - n_sal) / 8;
     const ggml_fp16_t * params     = (const ggml_fp16_t *) sides[GGML_LOWBIT_PTQ161_ROW_PARAMS];

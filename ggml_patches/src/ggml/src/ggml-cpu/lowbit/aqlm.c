@@ -143,14 +143,15 @@ static bool aqlm_repackable(const struct ggml_lowbit_type_info * info, const str
 }
 
 static void aqlm_decode_rows(const struct ggml_lowbit_type_info * info, const uint8_t * codes, size_t row_bytes,
-                             int64_t n_per_row, int64_t row0, int64_t n_rows, const void * const * sides, float * out) {
+                             int64_t n_per_row, int64_t row0, int64_t n_rows, const void * const * sides,
+                             const int64_t * weight_params, float * out) {
 #ifdef LOWBIT_AVX2
     if (info->block_size == 8) {
         aqlm_decode_rows_avx2(info, codes, row_bytes, n_per_row, row0, n_rows, sides, out);
         return;
     }
 #endif
-    ggml_lowbit_dequantize_rows(info->type, codes, row_bytes, n_per_row, row0, n_rows, sides, out);
+    ggml_lowbit_dequantize_rows(info->type, codes, row_bytes, n_per_row, row0, n_rows, sides, weight_params, out);
 }
 
 const struct lowbit_cpu_method lowbit_cpu_aqlm = {

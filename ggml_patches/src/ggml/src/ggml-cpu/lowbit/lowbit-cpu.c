@@ -146,22 +146,29 @@ void lowbit_lut_accumulate(const uint8_t * codes, size_t stride, int64_t n_rows,
 
 // ---- decoding rows ----
 
+// a weight's side tensor data and its per-weight parameters, as the decoders take them
+struct op_sides {
+    const void * data[GGML_LOWBIT_MAX_SIDES];
+    int64_t      weight_params[GGML_LOWBIT_MAX_WEIGHT_PARAMS];
+};
+
 // rows [r0, r0 + nr) of the weight to f32, from row-ordered codes (rows row_bytes apart)
 static void decode_row_codes(const struct ggml_compute_params * params, const struct ggml_tensor * w,
-                             const struct ggml_lowbit_type_info * info, const void * const * sides,
+                             const struct ggml_lowbit_type_info * info, const struct op_sides * sides,
                              const uint8_t * rows, size_t row_bytes, int64_t r0, int64_t nr, float * out) {
     const lowbit_cpu_decode_rows fast = method_of(info)->decode_rows;
     if (!params->use_ref && fast != NULL) {
-        fast(info, rows, row_bytes, w->ne[0], r0, nr, sides, out);
+        fast(info, rows, row_bytes, w->ne[0], r0, nr, sides->data, sides->weight_params, out);
     } else {
-        ggml_lowbit_dequantize_rows(w->type, rows, row_bytes, w->ne[0], r0, nr, sides, out);
+        ggml_lowbit_dequantize_rows(w->type, rows, row_bytes, w->ne[0], r0, nr, sides->data, sides->weight_params,
+                                    out);
     }
 }
 
 // rows [r0, r0 + nr) of the weight to f32. Transposed codes are first gathered back into row order,
 // GATHER_ROWS rows at a time, in this thread's part of the work buffer (codes_scratch).
 static void decode_rows(const struct ggml_compute_params * params, const struct ggml_tensor * w,
-                        const struct ggml_lowbit_type_info * info, const void * const * sides, int64_t r0,
+                        const struct ggml_lowbit_type_info * info, const struct op_sides * sides, int64_t r0,
                         int64_t nr, uint8_t * codes_scratch, float * out) {
     if (!ggml_lowbit_cpu_codes_transposed(w)) {
         decode_row_codes(params, w, info, sides, (const uint8_t *) w->data + r0 * w->nb[1], w->nb[1], r0, nr, out);
@@ -192,7 +199,7 @@ static float dot_scalar(const float * a, const float * b, int64_t n) {
 }
 
 static void mul_mat_tiles(const struct ggml_compute_params * params, struct ggml_tensor * dst,
-                          const struct ggml_lowbit_type_info * info, const void * const * sides, float * buf,
+                          const struct ggml_lowbit_type_info * info, const struct op_sides * sides, float * buf,
                           uint8_t * codes_scratch) {
     const struct ggml_tensor * w         = dst->src[0];
     const struct ggml_tensor * x         = dst->src[1];
@@ -222,7 +229,7 @@ static void mul_mat_tiles(const struct ggml_compute_params * params, struct ggml
 
 // false (before touching dst) when sgemm does not take these shapes; every thread gets the same answer
 static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml_tensor * dst,
-                          const struct ggml_lowbit_type_info * info, const void * const * sides, float * buf,
+                          const struct ggml_lowbit_type_info * info, const struct op_sides * sides, float * buf,
                           uint8_t * codes_scratch) {
 #ifdef GGML_USE_LLAMAFILE
     const struct ggml_tensor * w = dst->src[0];
@@ -239,7 +246,7 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
     const void *                     rows      = buf;
     int                              type      = GGML_TYPE_F32;
     if (m->prompt_tokens != NULL) {  // the tokens in the rows' channel order once, the rows decoded in it
-        m->prompt_tokens(params, dst, sides, buf + l.gathered);
+        m->prompt_tokens(params, dst, sides->data, buf + l.gathered);
         xs  = buf + l.gathered;
         ldx = n_per_row;
     }
@@ -261,7 +268,7 @@ static bool mul_mat_sgemm(const struct ggml_compute_params * params, struct ggml
         int64_t       a, b;
         thread_rows(params, nr, &a, &b);
         if (a < b && m->prompt_tokens != NULL) {
-            m->prompt_rows(w, sides, r0 + a, b - a, buf + a * n_per_row);
+            m->prompt_rows(w, sides->data, r0 + a, b - a, buf + a * n_per_row);
         } else if (a < b) {
             decode_rows(params, w, info, sides, r0 + a, b - a, codes_scratch, buf + a * n_per_row);
         }
@@ -308,10 +315,11 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
         !ggml_lowbit_check_side_data(w, (const struct ggml_tensor * const *) w->src, err, sizeof(err))) {
         GGML_ABORT("%s: %s", w->name, err);
     }
-    const void * sides[GGML_LOWBIT_MAX_SIDES] = { NULL };
+    struct op_sides sides = { { NULL }, { 0 } };
     for (int i = 0; i < info->n_sides; ++i) {
-        sides[i] = w->src[i]->data;
+        sides.data[i] = w->src[i]->data;
     }
+    ggml_lowbit_weight_params(w, (const struct ggml_tensor * const *) w->src, sides.weight_params, err, sizeof(err));
 
     float * work = (float *) GGML_PAD((uintptr_t) params->wdata, ALIGN_FLOATS * sizeof(float));
     GGML_ASSERT(params->wsize >= ggml_lowbit_cpu_work_size(dst, params->nth));
@@ -322,12 +330,12 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
     if (!params->use_ref && n_tokens_of(dst) <= FEW_TOKENS_MAX && m->few_tokens != NULL) {
         const lowbit_cpu_kernel kernel = m->few_tokens(info, w, ggml_lowbit_get_cpu_path());
         if (kernel != NULL) {
-            kernel(params, dst, info, sides, work);
+            kernel(params, dst, info, sides.data, work);
             return;
         }
     }
-    if (n_tokens_of(dst) >= SGEMM_MIN_TOKENS && mul_mat_sgemm(params, dst, info, sides, work, codes_scratch)) {
+    if (n_tokens_of(dst) >= SGEMM_MIN_TOKENS && mul_mat_sgemm(params, dst, info, &sides, work, codes_scratch)) {
         return;
     }
-    mul_mat_tiles(params, dst, info, sides, work + params->ith * tile_floats_per_thread(w->ne[0]), codes_scratch);
+    mul_mat_tiles(params, dst, info, &sides, work + params->ith * tile_floats_per_thread(w->ne[0]), codes_scratch);
 }

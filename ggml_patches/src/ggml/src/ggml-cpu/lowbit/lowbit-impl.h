@@ -70,7 +70,7 @@ typedef void (*lowbit_cpu_kernel)(const struct ggml_compute_params * params, str
 // rows [row0, row0 + n_rows) to f32 from row-ordered codes (rows row_bytes apart), as ggml_lowbit_dequantize_rows
 typedef void (*lowbit_cpu_decode_rows)(const struct ggml_lowbit_type_info * info, const uint8_t * codes,
                                        size_t row_bytes, int64_t n_per_row, int64_t row0, int64_t n_rows,
-                                       const void * const * sides, float * out);
+                                       const void * const * sides, const int64_t * weight_params, float * out);
 
 // One method's CPU kernels. The dispatcher takes, in order: the few-token kernel few_tokens picks, the prompt path
 // (rows decoded SGEMM_ROWS at a time, then ggml's sgemm), the tiles (rows decoded, dotted with every token). NULL

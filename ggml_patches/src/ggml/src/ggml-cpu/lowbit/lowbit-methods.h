@@ -3,3 +3,4 @@
 
 extern const struct lowbit_cpu_method lowbit_cpu_aqlm;
 extern const struct lowbit_cpu_method lowbit_cpu_ptq161;
+extern const struct lowbit_cpu_method lowbit_cpu_vptq;
