@@ -14,6 +14,7 @@ _LAZY = {
     "AQLMConfig": "lowbit_gguf.methods.aqlm",
     "PTQ161Config": "lowbit_gguf.methods.ptq161",
     "RTNConfig": "lowbit_gguf.methods.rtn",
+    "VPTQConfig": "lowbit_gguf.methods.vptq",
 }
 __all__ = sorted(_LAZY)
 

@@ -148,8 +148,9 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: VPTQConfig,
                          f"that divides {d_out}")
     gen = torch.Generator().manual_seed(config.seed)
     w = weight.detach().float()
-    order = torch.arange(d_out) if row_order is None else torch.as_tensor(np.asarray(row_order)).long()
-    w = w[order.to(w.device)]
+    order = (torch.arange(d_out, device=w.device) if row_order is None
+             else torch.as_tensor(np.asarray(row_order), device=w.device).long())
+    w = w[order]
     h = hessian.detach().double()
 
     if config.enable_norm:
@@ -162,8 +163,8 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: VPTQConfig,
     h = h * scale.double()[:, None] * scale.double()[None, :]  # the normalised weight's objective
     dead = h.diagonal() == 0
     normalised[:, dead] = 0
-    perm = torch.argsort(h.diagonal(), descending=True, stable=True) if config.enable_perm else torch.arange(d_in)
-    perm = perm.to(w.device)
+    perm = (torch.argsort(h.diagonal(), descending=True, stable=True) if config.enable_perm
+            else torch.arange(d_in, device=w.device))
     wp, hp = normalised[:, perm], h[perm][:, perm]
     groups = d_out // v
     weights = hp.diagonal().float().repeat_interleave(groups)  # each vector weighted by H_jj of its column
