@@ -1,6 +1,6 @@
 // VPTQ on the CPU: the portable few-token kernel, the preparation every few-token kernel shares, and the method's
-// struct, which picks the fastest kernel this build has (vptq-avx2.c). Prompts and tiles decode rows with the
-// reference decode (ggml-base's lowbit/vptq.c), whole row groups at a time being what the codes hold.
+// struct, which picks the fastest kernel this build has (vptq-avx2.c). Prompts and tiles decode rows a row group
+// at a time (vptq_decode_rows).
 //
 // A few tokens: y[R*v + t] = sum_j x_j s_j (C[i_Rj][t] + R[r_Rj][t]) + <col_bias, x>: one pass over each group's
 // index stream accumulates v outputs, so each weight costs one multiply-add and each index two vector loads.
@@ -110,6 +110,38 @@ static void vptq_mul_mat_portable(const struct ggml_compute_params * params, str
     }
 }
 
+// rows [row0, row0 + n_rows) to f32 (prompts, tiles), a row group at a time: each entry is read once for the group's
+// rows in the range, and converted with the CPU's f16 conversion
+static void vptq_decode_rows(const struct ggml_lowbit_type_info * info, const uint8_t * codes, size_t row_bytes,
+                             int64_t n_per_row, int64_t row0, int64_t n_rows, const void * const * sides,
+                             const int64_t * weight_params, float * out) {
+    GGML_UNUSED(info);
+    const int64_t       v = weight_params[0], k = weight_params[1], k_res = weight_params[2];
+    const int           main_bits = ggml_lowbit_log2(k), bits = main_bits + ggml_lowbit_log2(k_res);
+    const uint32_t      mask      = (uint32_t) (k - 1);
+    const ggml_fp16_t * cb        = (const ggml_fp16_t *) sides[GGML_LOWBIT_VPTQ_CODEBOOK];
+    const ggml_fp16_t * res       = (const ggml_fp16_t *) sides[GGML_LOWBIT_VPTQ_RES_CODEBOOK];
+    const ggml_fp16_t * scale     = (const ggml_fp16_t *) sides[GGML_LOWBIT_VPTQ_COL_SCALE];
+    const ggml_fp16_t * bias      = (const ggml_fp16_t *) sides[GGML_LOWBIT_VPTQ_COL_BIAS];
+    const int64_t       group_bytes = v * (int64_t) row_bytes;
+    for (int64_t r = row0; r < row0 + n_rows;) {
+        const int64_t   t0     = r % v;  // the group's rows [t0, t1) are in the range
+        const int64_t   t1     = row0 + n_rows - (r - t0) < v ? row0 + n_rows - (r - t0) : v;
+        const uint8_t * stream = codes + (r - row0 - t0) * (int64_t) row_bytes;  // the group's first row
+        float *         dst    = out + (r - row0) * n_per_row;                   // row r, output t0 of the group
+        for (int64_t j = 0; j < n_per_row; ++j) {
+            const uint32_t      e  = vptq_entry_fast(stream, group_bytes, j, bits);
+            const ggml_fp16_t * c  = cb + (int64_t) (e & mask) * v;
+            const ggml_fp16_t * rc = res + (int64_t) (e >> main_bits) * v;
+            const float         s  = GGML_CPU_FP16_TO_FP32(scale[j]), b = GGML_CPU_FP16_TO_FP32(bias[j]);
+            for (int64_t t = t0; t < t1; ++t) {
+                dst[(t - t0) * n_per_row + j] = (GGML_CPU_FP16_TO_FP32(c[t]) + GGML_CPU_FP16_TO_FP32(rc[t])) * s + b;
+            }
+        }
+        r += t1 - t0;
+    }
+}
+
 static lowbit_cpu_kernel vptq_few_tokens(const struct ggml_lowbit_type_info * info, const struct ggml_tensor * w,
                                          enum ggml_lowbit_cpu_path path) {
     GGML_UNUSED(info);
@@ -141,4 +173,5 @@ static int64_t vptq_few_tokens_floats(const struct ggml_lowbit_type_info * info,
 const struct lowbit_cpu_method lowbit_cpu_vptq = {
     .few_tokens        = vptq_few_tokens,
     .few_tokens_floats = vptq_few_tokens_floats,
+    .decode_rows       = vptq_decode_rows,
 };
