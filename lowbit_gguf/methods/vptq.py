@@ -51,8 +51,11 @@ class VPTQConfig:
     vector_len: int = 8  # v
     num_centroids: int = 256  # k, a power of two
     num_res_centroids: int = 256  # k_res, a power of two; 0: no residual codebook
-    enable_norm: bool = True
+    enable_norm: bool = False  # the reference's option; off by default: it raised the objective here (README)
     enable_perm: bool = True
+    # main centroids tried per vector in the residual pass, each with its best residual (1: the reference's
+    # greedy main-then-residual; the joint search is this project's, README)
+    residual_beam: int = 8
     kmeans_iters: int = 100
     kmeans_tol: float = 1e-5  # stop k-means when the weighted inertia improves by less than this fraction
     block_size: int = 128  # GPTQ's lazy-update block
@@ -131,6 +134,25 @@ def _nearest(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return nearest_codewords(vectors, codebook, (codebook * codebook).sum(1))[1]
 
 
+def _joint_nearest(vectors: torch.Tensor, centroids: torch.Tensor, res_centroids: torch.Tensor,
+                   beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(main, residual) indices per vector: the best pair among its `beam` nearest main centroids, each with its
+    nearest residual centroid (beam 1: the nearest main, then the nearest residual)."""
+    if beam <= 1:
+        main = _nearest(vectors, centroids)
+        return main, _nearest(vectors - centroids[main], res_centroids)
+    n, v = vectors.shape
+    scores = torch.addmm((centroids * centroids).sum(1), vectors, centroids.T, alpha=-2)  # |c|^2 - 2 x.c
+    candidates = scores.topk(min(beam, centroids.shape[0]), dim=1, largest=False).indices  # [n, beam]
+    residuals = (vectors[:, None, :] - centroids[candidates]).reshape(-1, v)
+    values, res = nearest_codewords(residuals, res_centroids, (res_centroids * res_centroids).sum(1))
+    # |r - c_r|^2 = |r|^2 + (|c_r|^2 - 2 r.c_r): the pair's full distance
+    distance = (values + (residuals * residuals).sum(1)).reshape(n, -1)
+    best = distance.argmin(1)
+    rows = torch.arange(n, device=vectors.device)
+    return candidates[rows, best], res.reshape(n, -1)[rows, best]
+
+
 def _codebook(vectors: torch.Tensor, weights: torch.Tensor, k: int, config: VPTQConfig,
               gen: torch.Generator) -> torch.Tensor:
     centroids, _ = kmeans(vectors, k, config.kmeans_iters, gen, weights=weights, tol=config.kmeans_tol)
@@ -184,10 +206,8 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: VPTQConfig,
 
     def main_and_residual(column: torch.Tensor, j: int) -> torch.Tensor:
         vectors = column.float().reshape(groups, v)
-        idx[:, j] = _nearest(vectors, centroids)
-        main = centroids[idx[:, j]]
-        res[:, j] = _nearest(vectors - main, res_centroids)
-        return (main + res_centroids[res[:, j]]).reshape(d_out).to(column.dtype)
+        idx[:, j], res[:, j] = _joint_nearest(vectors, centroids, res_centroids, config.residual_beam)
+        return (centroids[idx[:, j]] + res_centroids[res[:, j]]).reshape(d_out).to(column.dtype)
 
     obs_quantize(wp, hp, main_only, block_size=config.block_size, damp=config.damp)
     if config.num_res_centroids:

@@ -65,7 +65,7 @@ def explicit_gptq_indices(w, h, centroids, v, damp=0.01):
 
 def test_column_loop_feedback_equals_explicit_gptq():
     w, h = problem(d_out=16, d_in=24)
-    config = replace(SPEC.parse_config("v2k16"), enable_norm=False, block_size=8)  # blocks exercise lazy updates
+    config = replace(SPEC.parse_config("v2k16"), block_size=8)  # blocks exercise lazy updates
     q = SPEC.quantize(w, h, config)
     want = explicit_gptq_indices(w, h, q.payload["centroids"], 2)
     assert torch.equal(q.payload["indices"].long(), want)
@@ -73,7 +73,7 @@ def test_column_loop_feedback_equals_explicit_gptq():
 
 def test_second_order_loop_beats_nearest_centroids():
     w, h = problem()
-    config = SPEC.parse_config("v4k64")
+    config = replace(SPEC.parse_config("v4k64"), enable_norm=True)
     q = SPEC.quantize(w, h, config)
     p = q.payload
     normalised = (w - p["col_bias"].float()) / p["col_scale"].float()
@@ -94,7 +94,7 @@ def test_residual_codebook_lowers_the_objective():
 def test_dead_channels_are_zeroed_and_norm_restores_scale():
     w, h = problem()
     h[5, :] = h[:, 5] = 0
-    q = SPEC.quantize(w, h, SPEC.parse_config("v4k64"))
+    q = SPEC.quantize(w, h, replace(SPEC.parse_config("v4k64"), enable_norm=True))
     assert torch.isfinite(q.decoded).all()
     # a dead channel decodes to its bias (its normalised weight was zeroed)
     torch.testing.assert_close(q.decoded[:, 5], q.payload["col_bias"][5].float().expand(w.shape[0]))
@@ -171,3 +171,26 @@ def test_packed_weight_checks_the_codebooks():
     sides = dict(packed.sides, res_codebook=packed.sides["res_codebook"][:16])
     with pytest.raises(ValueError, match="1.5 bits per weight"):
         PackedWeight(packed.lowbit_type, packed.codes, sides, packed.n_per_row)
+
+
+def test_joint_residual_search_is_exhaustive_with_a_full_beam():
+    from lowbit_gguf.methods.vptq import _joint_nearest
+
+    g = torch.Generator().manual_seed(3)
+    vectors, main = torch.randn(50, 4, generator=g), torch.randn(16, 4, generator=g)
+    res = torch.randn(8, 4, generator=g)
+    pairs = (main[:, None, :] + res[None, :, :]).reshape(-1, 4)  # pair (i, r) at i * 8 + r
+    best = torch.cdist(vectors, pairs).argmin(1)
+    i, r = _joint_nearest(vectors, main, res, beam=16)
+    assert torch.equal(i, best // 8) and torch.equal(r, best % 8)
+    greedy_i, greedy_r = _joint_nearest(vectors, main, res, beam=1)
+    assert torch.equal(greedy_i, torch.cdist(vectors, main).argmin(1))
+    assert torch.equal(greedy_r, torch.cdist(vectors - main[greedy_i], res).argmin(1))
+    assert not torch.equal(i, greedy_i)  # the joint search finds other pairs
+
+
+def test_joint_residual_search_lowers_the_objective():
+    w, h = problem()
+    greedy = SPEC.quantize(w, h, replace(SPEC.parse_config("v4k64r64"), residual_beam=1))
+    joint = SPEC.quantize(w, h, SPEC.parse_config("v4k64r64"))
+    assert objective(w, joint.decoded, h) < objective(w, greedy.decoded, h)
