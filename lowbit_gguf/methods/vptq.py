@@ -4,7 +4,8 @@ Vectors run along the output dimension: v consecutive rows of one input channel 
 main centroid plus a residual centroid, times the channel's scale, plus its bias:
     W[R*v + t, j] ~= (C[idx[R, j], t] + Cr[res[R, j], t]) * s[j] + b[j]
 Quantization (VPTQ.fast_vector_quant and VPTQ.vptq of the reference):
- - `enable_norm`: per input channel s = max - min over the rows, b = min; the loop works on (W - b) / s;
+ - `enable_norm` (off by default): per input channel s = max - min over the rows, b = min; the loop works on
+   (W - b) / s;
  - `enable_perm`: the channels are quantized in act order (diag(H) descending); dead channels (H_jj = 0) are
    zeroed;
  - the main codebook is k-means on all vectors, each weighted by H_jj of its channel;
@@ -12,15 +13,18 @@ Quantization (VPTQ.fast_vector_quant and VPTQ.vptq of the reference):
    nearest centroid (Euclidean: H^-1_jj is constant within a column) and feeds the scaled error to the columns
    not yet quantized; the centroids stay fixed;
  - with a residual codebook, k-means on the loop's errors initialises it, and the loop runs again from the
-   original weight with main then residual index per vector.
+   original weight with a main and a residual index per vector.
 After all linears of a block are quantized, their codebooks, scales and biases and the block's norms are
 fine-tuned against the float block's outputs (the paper's layer-wise stage, through the shared block training),
 and `lowbit-gguf finetune` trains the same parts end to end.
 
-Deviations from the reference, on purpose: with enable_norm the loop's Hessian is diag(s) H diag(s), the
-objective of the normalised weight (the reference keeps H); codebooks, scales and biases are rounded to f16
-before the loop, so it quantizes to the values the file stores. Not yet built: outlier columns with their own
-codebook (`o<percent>`) and column groups with a codebook each (`group_num`).
+Deviations from the reference, on purpose (each measured against the reference's way in the README): in the
+residual pass each vector takes the best (main, residual) pair among its 8 nearest main centroids, where the
+reference takes the nearest main and then the nearest residual (`residual_beam=1`); enable_norm is off by default,
+and with it on the loop's Hessian is diag(s) H diag(s), the objective of the normalised weight (the reference keeps
+H); codebooks, scales and biases are rounded to f16 before the loop, so it quantizes to the values the file stores.
+Not yet built: outlier columns with their own codebook (`o<percent>`) and column groups with a codebook each
+(`group_num`).
 
 In GGUF a weight is its index stream in a VPTQ_<bits> type (lowbit_gguf.gguf.types), the codebooks, scales and
 biases as side tensors. The act-order permutation is absorbed (indices are stored in channel order). Rows are
