@@ -279,5 +279,5 @@ def unpack(weight, config: VPTQConfig) -> dict[str, torch.Tensor]:
 register(MethodSpec("vptq", VPTQConfig, quantize, decode,
                     "vector quantization along the output dimension, second-order (GPTQ) assignment, residual "
                     "codebook (v8k256r256, v4k256, v6k4096, ...)",
-                    bench_configs=("v8k256r256",), finetune_block=finetune_block, pack=pack, unpack=unpack,
+                    finetune_block=finetune_block, pack=pack, unpack=unpack,
                     finetune_keys=TRAINED, groups_rows=True))
