@@ -10,7 +10,6 @@ the file's tensor types, size and speed do not change.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -91,10 +90,7 @@ def read_quantized_layers(path: Path, reader: gguf.GGUFReader, model, spec, conf
                 raise LowbitError(f"{path}: '{gguf_name}' does not decode to anything close to {module} of the "
                                   "model: the file was not made from this model")
             to_model_order = np.argsort(order)
-            if weight.groups_rows:  # rows stay in the file's order; the payload says which model row each is
-                weight = dataclasses.replace(weight, row_order=order)
-            else:
-                weight = weight.permute_rows(to_model_order)
+            weight = weight.in_model_order(order)
             bits = 8 * (weight.codes.nbytes + sum(s.nbytes for s in weight.sides.values())) / w.numel()
             # the decode is row by row: the stored decode in the model's row order is the permuted payload's
             layers[module] = QuantizedLinear(spec.unpack(weight, config), stored[to_model_order], bits)

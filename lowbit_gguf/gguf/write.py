@@ -10,6 +10,7 @@ must follow the same permutation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,14 @@ class PackedWeight:
             return self
         sides = {k: (v[perm] if k in PER_ROW_SIDES else v) for k, v in self.sides.items()}
         return PackedWeight(self.lowbit_type, np.ascontiguousarray(self.codes[perm]), sides, self.n_per_row)
+
+    def in_model_order(self, order: np.ndarray) -> PackedWeight:
+        """A weight read from a file whose stored row i is the model's row order[i], in the model's order: its rows
+        moved, or (types that read rows in groups) left where they are with row_order saying which model row each
+        is."""
+        if self.groups_rows:
+            return dataclasses.replace(self, row_order=order)
+        return self.permute_rows(np.argsort(order))
 
 
 def llama_rows_permutation(d_out: int, n_head: int) -> np.ndarray:

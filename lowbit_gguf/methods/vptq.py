@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from lowbit_gguf.bits import pack_indices, unpack_indices
+from lowbit_gguf.gguf.types import CODEBOOK, COL_BIAS, COL_SCALE, RES_CODEBOOK, VPTQ_MAX_VECTOR_LEN, vptq_type
 from lowbit_gguf.gptq import obs_quantize
 from lowbit_gguf.kmeans import kmeans
 from lowbit_gguf.methods import MethodSpec, QuantizedLinear, match_compact, register
@@ -75,8 +76,8 @@ class VPTQConfig:
             if not (k == 0 and allow_zero) and not (2 <= k <= 65536 and k & (k - 1) == 0):
                 raise ValueError(f"VPTQ codebook size {k} is not a power of two between 2 and 65536"
                                  + (" (or 0: no residual)" if allow_zero else ""))
-        if not 1 <= self.vector_len <= 32:
-            raise ValueError(f"VPTQ vector length {self.vector_len} is not between 1 and 32")
+        if not 1 <= self.vector_len <= VPTQ_MAX_VECTOR_LEN:
+            raise ValueError(f"VPTQ vector length {self.vector_len} is not between 1 and {VPTQ_MAX_VECTOR_LEN}")
 
     @classmethod
     def parse(cls, text: str) -> VPTQConfig:
@@ -93,7 +94,11 @@ class VPTQConfig:
     @property
     def index_bits(self) -> int:
         """Bits of one vector's entry: main index, then residual index."""
-        return int(math.log2(self.num_centroids)) + self.res_bits
+        return self.main_bits + self.res_bits
+
+    @property
+    def main_bits(self) -> int:
+        return int(math.log2(self.num_centroids))
 
     @property
     def res_bits(self) -> int:
@@ -219,12 +224,10 @@ def quantize(weight: torch.Tensor, hessian: torch.Tensor, config: VPTQConfig,
         obs_quantize(wp, hp, main_and_residual, block_size=config.block_size, damp=config.damp)
 
     inverse = torch.argsort(perm)  # indices in channel order: the permutation is absorbed
-    payload = {"indices": idx[:, inverse].int().cpu(), "res_indices": res[:, inverse].int().cpu(),
-               "centroids": centroids.half().cpu(), "res_centroids": res_centroids.half().cpu(),
-               "col_scale": scale.half().cpu(), "col_bias": bias.half().cpu(), "row_order": order.cpu()}
-    decoded = decode(payload, config).to(weight.device)
-    payload = {k: t.to(weight.device) for k, t in payload.items()}
-    return QuantizedLinear(payload, decoded, bits_per_weight(config, d_out, d_in))
+    payload = {"indices": idx[:, inverse].int(), "res_indices": res[:, inverse].int(), "centroids": centroids.half(),
+               "res_centroids": res_centroids.half(), "col_scale": scale.half(), "col_bias": bias.half(),
+               "row_order": order}
+    return QuantizedLinear(payload, decode(payload, config), bits_per_weight(config, d_out, d_in))
 
 
 def finetune_block(block, results: dict[str, QuantizedLinear], data: BlockData, config: VPTQConfig) -> None:
@@ -238,14 +241,12 @@ def finetune_block(block, results: dict[str, QuantizedLinear], data: BlockData, 
 def pack(payload: dict[str, torch.Tensor], config: VPTQConfig):
     """The payload in its GGUF type: row group R's d_in entries (idx | res << log2 k, channel order) as one
     little-endian bit stream, cut into the group's v rows."""
-    from lowbit_gguf.gguf.types import CODEBOOK, COL_BIAS, COL_SCALE, RES_CODEBOOK, vptq_type
     from lowbit_gguf.gguf.write import PackedWeight
 
     lowbit_type = vptq_type(config.index_bits, config.vector_len)
     idx, res = payload["indices"].long().numpy(), payload["res_indices"].long().numpy()
     groups, d_in = idx.shape
-    main_bits = int(math.log2(config.num_centroids))
-    entries = idx | (res << main_bits)
+    entries = idx | (res << config.main_bits)
     stream = pack_indices(entries, config.index_bits)  # [G, d_in * bits / 8]
     codes = stream.reshape(groups * config.vector_len, -1)
     order = payload.get("row_order")
@@ -259,8 +260,6 @@ def pack(payload: dict[str, torch.Tensor], config: VPTQConfig):
 
 def unpack(weight, config: VPTQConfig) -> dict[str, torch.Tensor]:
     """The payload of a PackedWeight (its row_order, when set, says which model row each stored row is)."""
-    from lowbit_gguf.gguf.types import CODEBOOK, COL_BIAS, COL_SCALE, RES_CODEBOOK
-
     params = weight.weight_params
     v, k, k_res = params["vector_len"], params["n_centroids"], params["n_res_centroids"]
     main_bits, bits = k.bit_length() - 1, (k.bit_length() - 1) + (k_res.bit_length() - 1)

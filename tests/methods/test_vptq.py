@@ -22,8 +22,9 @@ def problem(d_out=32, d_in=64, seed=0, n=512):
 
 
 def objective(w, q, h):
-    e = (q - w).double()
-    return float(torch.trace(e @ h @ e.T) / torch.trace(w.double() @ h @ w.double().T))
+    from lowbit_gguf.additive import objective as trace_objective
+
+    return float(trace_objective((q - w).double(), h) / trace_objective(w.double(), h))
 
 
 def test_weighted_kmeans_is_a_fixed_point_of_weighted_means():
