@@ -126,6 +126,21 @@ void lb_model_free(lb_model * m) {
     free(m);
 }
 
+int32_t lb_model_load_lora(lb_model * m, const char * path, float scale) {
+    g_llama_errors[0] = '\0';
+    struct llama_adapter_lora * adapter = llama_adapter_lora_init(m->model, path);
+    if (!adapter) {
+        set_error("llama.cpp could not load the LoRA adapter %s: %s", path, llama_reason("unknown reason"));
+        return -1;
+    }
+    // the adapter stays with the model, which frees it
+    if (llama_set_adapters_lora(m->ctx, &adapter, 1, &scale) != 0) {
+        set_error("llama.cpp could not apply the LoRA adapter %s: %s", path, llama_reason("unknown reason"));
+        return -1;
+    }
+    return 0;
+}
+
 int32_t lb_n_vocab(const lb_model * m) { return m->n_vocab; }
 int32_t lb_n_ctx(const lb_model * m) { return m->n_ctx; }
 int32_t lb_token_bos(const lb_model * m) { return llama_vocab_bos(m->vocab); }

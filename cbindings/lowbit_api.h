@@ -18,6 +18,8 @@ void lb_set_verbose(int32_t verbose);
 /* n_ctx 0 takes the model's training context; n_threads <= 0 uses every core. NULL on failure. */
 lb_model * lb_model_load(const char * path, int32_t n_ctx, int32_t n_threads, int32_t n_gpu_layers);
 void       lb_model_free(lb_model * model);
+/* Applies a LoRA adapter GGUF to the model's context at scale; negative on failure. */
+int32_t    lb_model_load_lora(lb_model * model, const char * path, float scale);
 
 int32_t lb_n_vocab(const lb_model * model);
 int32_t lb_n_ctx(const lb_model * model);

@@ -189,13 +189,9 @@ def _quantize_with_method(model_dir: Path, method: str, config: str, work: Path,
 
 def _added_file(name: str, path: Path) -> BenchFile:
     """A file quantized beforehand; its method and quantization time come from its lowbit_gguf.* metadata."""
-    import gguf
+    from lowbit_gguf.gguf.inspect import open_gguf
 
-    from lowbit_gguf.errors import BadGGUF
-
-    if not path.is_file():
-        raise BadGGUF(f"no such GGUF file: {path}")
-    reader = gguf.GGUFReader(path)
+    reader = open_gguf(path)
     method = reader.get_field("lowbit_gguf.method")
     seconds = reader.get_field("lowbit_gguf.quantize_seconds")
     return BenchFile(name, method.contents() if method else "file", path,

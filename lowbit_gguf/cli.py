@@ -45,11 +45,13 @@ def runtime():
 @click.option("--metal", is_flag=True, help="Also build the Metal backend (macOS).")
 @click.option("--cuda-arch", default="90", show_default=True, help="CUDA architectures for --cuda.")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs (default: all cores).")
-def runtime_build(cuda, metal, cuda_arch, jobs):
+@click.option("--sanitize", type=click.Choice(["address"]), default=None,
+              help="A separate build with AddressSanitizer and UndefinedBehaviorSanitizer (for `lowbit-gguf fuzz`).")
+def runtime_build(cuda, metal, cuda_arch, jobs, sanitize):
     """Fetch the pinned llama.cpp, apply the patches and build libraries and tools (cached)."""
     from lowbit_gguf.runtime.build import BuildOptions, build_runtime
 
-    build = build_runtime(BuildOptions(cuda=cuda, metal=metal, cuda_arch=cuda_arch), jobs=jobs)
+    build = build_runtime(BuildOptions(cuda=cuda, metal=metal, cuda_arch=cuda_arch, sanitize=sanitize), jobs=jobs)
     click.echo(f"runtime ready: {build.root}")
     click.echo(f"  upstream {build.info['upstream']}, patches {build.info['patch_hash']}, "
                f"backends {build.info['flags']}, built in {build.info['seconds']} s")

@@ -133,7 +133,7 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = FIN
     from lowbit_gguf.calibration import model_calibration_set
     from lowbit_gguf.evaluate import load_hf_model
     from lowbit_gguf.gguf.convert import check_model_dir
-    from lowbit_gguf.gguf.inspect import read_summary
+    from lowbit_gguf.gguf.inspect import open_gguf
     from lowbit_gguf.export import export_gguf
     from lowbit_gguf.files import save_torch
     from lowbit_gguf.blocks import Checkpoint
@@ -144,8 +144,7 @@ def finetune_gguf(source: Path, model_dir: Path, out: Path, *, epochs: int = FIN
     if epochs < 1 or batch < 1 or not lr > 0:
         raise LowbitError(f"fine-tuning needs epochs >= 1, batch >= 1 and lr > 0 (got {epochs}, {batch}, {lr})")
     check_model_dir(model_dir)
-    read_summary(source)  # a readable GGUF, or a clear BadGGUF
-    reader = gguf.GGUFReader(source)
+    reader = open_gguf(source)  # a readable GGUF, or a clear BadGGUF
     spec, config = read_method(reader, source)
     if not spec.finetune_keys or spec.unpack is None:
         raise LowbitError(f"{spec.name} files have nothing to fine-tune end to end (only AQLM's codebooks and "

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 
+
 @pytest.fixture(scope="session")
 def runtime_build():
     from lowbit_gguf.runtime.build import build_runtime
@@ -183,58 +184,6 @@ def bounds(method: str):
     return METHODS[method].bounds
 
 
-def random_aqlm_payload(config_text, d_out=24, d_in=64, seed=0):
-    """(spec, config, payload) of an AQLM weight with random codes, codebooks and scales."""
-    from lowbit_gguf.methods import get_method
-
-    spec = get_method("aqlm")
-    config = spec.parse_config(config_text)
-    g = torch.Generator().manual_seed(seed)
-    payload = {
-        "codes": torch.randint(0, config.codebook_size, (d_out, d_in // 8, config.num_codebooks), generator=g),
-        "codebooks": (torch.randn(config.num_codebooks, config.codebook_size, 8, generator=g) * 0.1).half(),
-        "scales": (torch.rand(d_out, generator=g) + 0.5).half(),
-    }
-    payload["codes"] = payload["codes"].to(torch.int16 if config.nbits <= 15 else torch.int32)
-    return spec, config, payload
-
-
-def random_ptq161_payload(d_out=24, d_in=96, ratio=0.2, seed=0):
-    """(spec, config, payload) of a PTQ1.61 weight quantized from random weights and activations, with its
-    trainable scales moved away from their start (r1, r2 != 1) so every stored parameter matters."""
-    from lowbit_gguf.methods import get_method
-
-    spec = get_method("ptq161")
-    config = spec.config_type(salient_ratio=ratio)
-    g = torch.Generator().manual_seed(seed)
-    q = spec.quantize(torch.randn(d_out, d_in, generator=g), torch.rand(d_in, generator=g), config)
-    payload = q.payload
-    payload["r1"] = 1 + 0.3 * torch.randn(d_out, generator=g)
-    payload["r2"] = 1 + 0.3 * torch.randn(payload["r2"].shape, generator=g)
-    return spec, config, payload
-
-
-def random_vptq_payload(config_text="v8k256r256", d_out=24, d_in=128, seed=0):
-    """(spec, config, payload) of a VPTQ weight with random indices, codebooks, channel scales and biases."""
-    from lowbit_gguf.methods import get_method
-
-    spec = get_method("vptq")
-    config = spec.parse_config(config_text)
-    g = torch.Generator().manual_seed(seed)
-    groups, v = d_out // config.vector_len, config.vector_len
-    payload = {
-        "indices": torch.randint(0, config.num_centroids, (groups, d_in), generator=g).int(),
-        "res_indices": torch.randint(0, max(1, config.num_res_centroids), (groups, d_in), generator=g).int(),
-        "centroids": torch.randn(config.num_centroids, v, generator=g).half(),
-        "res_centroids": (0.3 * torch.randn(config.stored_res_centroids, v, generator=g)).half(),
-        "col_scale": (torch.rand(d_in, generator=g) + 0.5).half(),
-        "col_bias": (0.2 * torch.randn(d_in, generator=g)).half(),
-    }
-    if not config.num_res_centroids:
-        payload["res_centroids"].zero_()
-    return spec, config, payload
-
-
 def rewrite_gguf(source, out, edit):
     """Copy a GGUF, passing each (name, data, type) through edit (None drops the tensor)."""
     import gguf
@@ -262,20 +211,3 @@ def unchecked_packed(packed, **changes):
     weight = object.__new__(PackedWeight)
     weight.__dict__.update({**packed.__dict__, **changes})
     return weight
-
-
-def random_packed(lowbit_type):
-    """A random weight of a lowbit type, as the file stores it: one row per method."""
-    if lowbit_type.method == "aqlm":
-        spec, config, payload = random_aqlm_payload(f"{lowbit_type.num_codebooks}x{lowbit_type.code_bits}")
-        return spec.pack(payload, config)
-    if lowbit_type.method == "ptq161":
-        spec, config, payload = random_ptq161_payload()
-        return spec.pack(payload, config)
-    if lowbit_type.method == "vptq":
-        config = {"VPTQ_1": "v8k256", "VPTQ_1_5": "v8k256r16", "VPTQ_2": "v8k256r256", "VPTQ_3": "v8k4096r4096",
-                  "VPTQ_4": "v4k256r256"}[lowbit_type.name]
-        spec, config, payload = random_vptq_payload(config)
-        return spec.pack(payload, config)
-    raise NotImplementedError(f"no random weight for {lowbit_type.method}: add its row here")
-

@@ -55,16 +55,96 @@ class GGUFSummary:
         return sum(t.n_elements for t in self.tensors if not t.is_side_tensor)
 
 
-def read_summary(path: str | Path) -> GGUFSummary:
+# gguf value types (GGUFValueType): the byte size of each scalar; 8 is a string, 9 an array
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+GGML_MAX_DIMS = 4
+
+
+def check_structure(path: Path) -> None:
+    """Walk a GGUF's header, metadata and tensor infos, checking every count and length against the bytes the file
+    has, and raise BadGGUF naming what is wrong. gguf's reader trusts them: an array count past the end of the file
+    keeps it reading for hours, a dimension count of 255 reads past the tensor's info."""
+    import mmap
+    import struct
+
+    size = path.stat().st_size
+    if size < 24:
+        raise BadGGUF(f"{path} is not a GGUF file ({size} bytes, shorter than a GGUF header)")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos = 0
+
+        def take(n: int, what: str) -> bytes:
+            nonlocal pos
+            if n < 0 or pos + n > size:
+                raise BadGGUF(f"{path}: {what} at byte {pos} runs past the end of the file ({size} bytes)")
+            pos += n
+            return data[pos - n:pos]
+
+        def number(fmt: str, what: str) -> int:
+            return struct.unpack("<" + fmt, take(struct.calcsize(fmt), what))[0]
+
+        def string(what: str) -> bytes:
+            return take(number("Q", f"the length of {what}"), what)
+
+        def value(vtype: int, what: str) -> None:
+            if vtype in _SCALAR_BYTES:
+                take(_SCALAR_BYTES[vtype], what)
+            elif vtype == _STRING:
+                string(what)
+            elif vtype == _ARRAY:
+                item, count = number("I", f"the item type of {what}"), number("Q", f"the length of {what}")
+                if item in _SCALAR_BYTES:  # a scalar array in one step
+                    take(count * _SCALAR_BYTES[item], what)
+                elif count * 8 > size - pos:  # every string or array item takes at least 8 bytes
+                    raise BadGGUF(f"{path}: {what} has {count} items, more than the file holds")
+                else:
+                    for _ in range(count):
+                        value(item, what)
+            else:
+                raise BadGGUF(f"{path}: {what} has the unknown value type {vtype}")
+
+        if take(4, "the magic") != b"GGUF":
+            raise BadGGUF(f"{path} is not a GGUF file (no GGUF magic)")
+        version = number("I", "the version")
+        if version not in (2, 3):
+            raise BadGGUF(f"{path}: GGUF version {version} (this reader takes versions 2 and 3)")
+        n_tensors, n_kv = number("Q", "the tensor count"), number("Q", "the metadata count")
+        if n_kv * 12 > size or n_tensors * 24 > size:
+            raise BadGGUF(f"{path}: the header counts {n_kv} metadata pairs and {n_tensors} tensors, more than the "
+                          f"file's {size} bytes hold")
+        for i in range(n_kv):
+            key = string(f"metadata key {i}").decode(errors="replace")
+            value(number("I", f"the value type of {key!r}"), f"the value of {key!r}")
+        for i in range(n_tensors):
+            name = string(f"the name of tensor {i}").decode(errors="replace")
+            n_dims = number("I", f"the dimension count of {name!r}")
+            if n_dims > GGML_MAX_DIMS:
+                raise BadGGUF(f"{path}: tensor {name!r} has {n_dims} dimensions; ggml tensors have at most "
+                              f"{GGML_MAX_DIMS}")
+            take(8 * n_dims + 4 + 8, f"the info of tensor {name!r}")
+
+
+def open_gguf(path: str | Path):
+    """gguf's reader over a file whose structure passed check_structure; BadGGUF for anything malformed."""
     import gguf
+
+    from lowbit_gguf.gguf.types import register_with_gguf
 
     path = Path(path)
     if not path.is_file():
         raise BadGGUF(f"no such GGUF file: {path}")
+    check_structure(path)
+    register_with_gguf()
     try:
-        reader = gguf.GGUFReader(path)
+        return gguf.GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, struct.error, IndexError ... on bad files
         raise BadGGUF(f"{path} is not a readable GGUF file: {exc}") from exc
+
+
+def read_summary(path: str | Path) -> GGUFSummary:
+    path = Path(path)
+    reader = open_gguf(path)
     field = reader.get_field("general.architecture")
     architecture = field.contents() if field is not None else "unknown"
     tensors = [
@@ -97,13 +177,11 @@ def format_summary(summary: GGUFSummary, show_tensors: bool = True) -> str:
 def read_lowbit_weights(path: str | Path, prefix: str = "") -> dict:
     """{weight name: PackedWeight} for the lowbit weights of a GGUF whose names start with prefix (e.g.
     "blk.0."), with their side tensors, as the file stores them."""
-    import gguf
     import numpy as np
 
     from lowbit_gguf.gguf.write import PackedWeight
 
-    summary = read_summary(path)  # a readable file, or BadGGUF
-    tensors = {t.name: t for t in gguf.GGUFReader(summary.path).tensors if t.name.startswith(prefix)}
+    tensors = {t.name: t for t in open_gguf(path).tensors if t.name.startswith(prefix)}
     weights = {}
     for name, t in tensors.items():
         lowbit_type = BY_ID.get(int(t.tensor_type))

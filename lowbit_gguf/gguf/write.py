@@ -21,6 +21,7 @@ import gguf
 import gguf.quants
 from lowbit_gguf.errors import BadGGUF, LowbitError
 from lowbit_gguf.files import partial_output
+from lowbit_gguf.gguf.inspect import open_gguf
 from lowbit_gguf.gguf.types import METHODS, PER_ROW_SIDES, LowbitType, gguf_type
 
 
@@ -176,7 +177,7 @@ def write_lowbit_gguf(source: Path, out: Path, packed: dict[str, PackedWeight], 
     if embedding_type not in EMBEDDING_TYPES:
         raise LowbitError(f"embedding type {embedding_type!r} is not one of {', '.join(EMBEDDING_TYPES)}")
     source, out = Path(source), Path(out)
-    reader = gguf.GGUFReader(source)
+    reader = open_gguf(source)
     arch, names = tensor_names_of(reader, source)
     head_counts = head_counts_of(reader, arch)
     by_gguf_name = {}

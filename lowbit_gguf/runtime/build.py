@@ -58,11 +58,17 @@ class BuildOptions:
     cuda: bool = False
     metal: bool = False
     cuda_arch: str = "90"  # Hopper (H100/H200); override with --cuda-arch
+    # "address": AddressSanitizer and UndefinedBehaviorSanitizer over ggml and llama (the fuzzer's checked build)
+    sanitize: str | None = None
+
+    def __post_init__(self):
+        if self.sanitize not in (None, "address"):
+            raise LowbitError(f"unknown sanitizer {self.sanitize!r}: the runtime builds with 'address' (ASan + UBSan)")
 
     @property
     def tag(self) -> str:
         parts = ["cpu"] + (["cuda" + self.cuda_arch] if self.cuda else []) + (["metal"] if self.metal else [])
-        return "-".join(parts)
+        return "-".join(parts + (["asan"] if self.sanitize else []))
 
     def cmake_flags(self) -> list[str]:
         flags = list(COMMON_CMAKE_FLAGS)
@@ -71,7 +77,15 @@ class BuildOptions:
             flags += ["-DGGML_CUDA=ON", "-DGGML_CUDA_NO_VMM=ON", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_arch}"]
         if self.metal:
             flags += ["-DGGML_METAL=ON"]
+        if self.sanitize:
+            flags = [f for f in flags if not f.startswith("-DCMAKE_BUILD_TYPE=")] + ["-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
+            flags += [f"-D{lib}_SANITIZE_{kind}=ON" for lib in ("GGML", "LLAMA") for kind in ("ADDRESS", "UNDEFINED")]
         return flags
+
+    @property
+    def compile_flags(self) -> list[str]:
+        """What the C bindings compile with to match."""
+        return ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if self.sanitize else []
 
 
 def find_pip_cublas() -> tuple[Path, Path] | None:
@@ -177,7 +191,7 @@ def find_build(options: BuildOptions = BuildOptions()) -> RuntimeBuild:
     what to run."""
     root = build_dir_for(options)
     stamp = root / "build.json"
-    flag = " --cuda" if options.cuda else ""
+    flag = (" --cuda" if options.cuda else "") + (f" --sanitize {options.sanitize}" if options.sanitize else "")
     if not stamp.exists():
         raise RuntimeNotBuilt(
             f"no patched runtime is built for the current ggml_patches/ ({root.name}); "
@@ -197,7 +211,7 @@ def options_of_tag(tag: str) -> BuildOptions | None:
     if parts[0] != "cpu":
         return None
     cuda_arch = [p[4:] for p in parts[1:] if re.fullmatch(r"cuda[0-9a-z;]+", p)]
-    options = BuildOptions(cuda=bool(cuda_arch), metal="metal" in parts[1:],
+    options = BuildOptions(cuda=bool(cuda_arch), metal="metal" in parts[1:], sanitize="address" if "asan" in parts else None,
                            **({"cuda_arch": cuda_arch[0]} if cuda_arch else {}))
     return options if options.tag == tag else None
 
@@ -360,7 +374,7 @@ def _cmake(root: Path, options: BuildOptions, jobs: int | None, progress: bool) 
 def _compile_shim(build: RuntimeBuild) -> None:
     """Compile cbindings/lowbit_api.c against the patched libllama into the build's lib/ folder."""
     src = build.source_dir
-    cmd = ["cc", "-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror",
+    cmd = ["cc", "-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror", *build.options.compile_flags,
            str(BINDINGS_DIR / "lowbit_api.c"), "-I", str(BINDINGS_DIR),
            "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
            "-L", str(build.bin_dir), "-lllama", "-lggml", "-lggml-cpu", "-lggml-base",

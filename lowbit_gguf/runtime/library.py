@@ -69,6 +69,11 @@ class Model:
         self.bos = self._lib.lb_token_bos(handle)
         self.eos = self._lib.lb_token_eos(handle)
 
+    def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> None:
+        """Apply a LoRA adapter GGUF (llama.cpp's `--lora`) to this model's context."""
+        if self._lib.lb_model_load_lora(self._handle, str(path).encode(), scale) < 0:
+            raise BadGGUF(last_error(self._lib))
+
     def close(self) -> None:
         if getattr(self, "_handle", None) is not None:
             self._lib.lb_model_free(self._handle)

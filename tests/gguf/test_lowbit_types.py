@@ -7,7 +7,8 @@ import gguf
 from lowbit_gguf.gguf.types import BY_ID, FIRST_ID, GENERATED, LOWBIT_TYPES, SRC_DIR, aqlm_type, gguf_type
 from lowbit_gguf.gguf.write import PackedWeight, llama_rows_permutation
 
-from conftest import AQLM_CONFIGS, random_aqlm_payload, random_packed
+from conftest import AQLM_CONFIGS
+from lowbit_gguf.random_weights import random_aqlm_payload, random_packed
 
 
 @pytest.mark.parametrize("rel", sorted(GENERATED))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 from lowbit_gguf.errors import LowbitError
-from conftest import AQLM_CONFIGS, BF16_PROMPTS, bounds, cpu_has, random_aqlm_payload, unchecked_packed
+from conftest import AQLM_CONFIGS, BF16_PROMPTS, bounds, cpu_has, unchecked_packed
+from lowbit_gguf.random_weights import random_aqlm_payload
 
 BOUNDS = bounds("aqlm")
 

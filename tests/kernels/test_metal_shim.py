@@ -4,7 +4,8 @@ decode."""
 import numpy as np
 import pytest
 
-from conftest import AQLM_CONFIGS, compile_gpu_shim, random_aqlm_payload, random_ptq161_payload, random_vptq_payload
+from conftest import AQLM_CONFIGS, compile_gpu_shim
+from lowbit_gguf.random_weights import random_aqlm_payload, random_ptq161_payload, random_vptq_payload
 from lowbit_gguf.runtime.build import PATCH_DIR
 
 METAL_DIR = PATCH_DIR / "src" / "ggml" / "src" / "ggml-metal"

@@ -6,7 +6,8 @@ import pytest
 import torch
 from lowbit_gguf.errors import LowbitError
 from lowbit_gguf.gguf.types import SALIENT_MASK, SALIENT_SPILL
-from conftest import BF16_PROMPTS, bounds, cpu_has, random_ptq161_payload, unchecked_packed
+from conftest import BF16_PROMPTS, bounds, cpu_has, unchecked_packed
+from lowbit_gguf.random_weights import random_ptq161_payload
 
 pytestmark = pytest.mark.runtime
 

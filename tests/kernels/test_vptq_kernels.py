@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from conftest import BF16_PROMPTS, bounds, random_vptq_payload, unchecked_packed
+from conftest import BF16_PROMPTS, bounds, unchecked_packed
+from lowbit_gguf.random_weights import random_vptq_payload
 from lowbit_gguf.errors import LowbitError
 
 pytestmark = pytest.mark.runtime

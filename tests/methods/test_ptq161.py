@@ -13,7 +13,7 @@ from lowbit_gguf.methods import get_method
 from lowbit_gguf.methods.ptq161 import PTQ161Config, bits_per_weight, n_salient
 from lowbit_gguf.sequential import stage_context
 from lowbit_gguf.training import BlockData
-from conftest import random_ptq161_payload
+from lowbit_gguf.random_weights import random_ptq161_payload
 
 
 def test_config_text_and_salient_count():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_vptq_payload
+from lowbit_gguf.random_weights import random_vptq_payload
 from lowbit_gguf.methods import get_method
 
 SPEC = get_method("vptq")

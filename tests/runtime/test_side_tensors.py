@@ -10,7 +10,8 @@ import pytest
 import gguf
 from lowbit_gguf.errors import BadGGUF, LowbitError
 from lowbit_gguf.gguf.types import LOWBIT_TYPES, METHODS
-from conftest import random_packed, rewrite_gguf, unchecked_packed
+from conftest import rewrite_gguf, unchecked_packed
+from lowbit_gguf.random_weights import random_packed
 from runtime_parity import N_CTX
 
 pytestmark = pytest.mark.runtime

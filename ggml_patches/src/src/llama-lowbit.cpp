@@ -1,15 +1,125 @@
 #include "llama-lowbit.h"
 
+#include "llama-hparams.h"
 #include "llama-impl.h"
 #include "llama-model-loader.h"
 
 #include "ggml-backend.h"
 #include "ggml-lowbit.h"
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+// what the loader's assert would have said, as an error naming the key
+static void check_key(bool ok, const std::string & key, const char * what, long long value) {
+    if (!ok) {
+        throw std::runtime_error(format("the model's metadata key '%s' is %lld; %s", key.c_str(), value, what));
+    }
+}
+
+void llama_lowbit_check_metadata(llama_model_loader & ml) {
+    const LLM_KV kv(ml.get_arch());
+    uint32_t     n_layer = 0;
+    if (!ml.get_key(LLM_KV_BLOCK_COUNT, n_layer, false)) {
+        return;  // a file without blocks (a vocabulary) is upstream's to judge
+    }
+    check_key(n_layer > 0 && n_layer <= LLAMA_MAX_LAYERS, kv(LLM_KV_BLOCK_COUNT), "a model has 1 to 512 blocks",
+              n_layer);
+    uint32_t n_nextn = 0, n_expert = 0, n_groups = 0, n_group_used = 0;
+    ml.get_key(LLM_KV_NEXTN_PREDICT_LAYERS, n_nextn, false);
+    check_key(n_nextn <= n_layer, kv(LLM_KV_NEXTN_PREDICT_LAYERS), "more than the block count", n_nextn);
+    ml.get_key(LLM_KV_EXPERT_COUNT, n_expert, false);
+    ml.get_key(LLM_KV_EXPERT_GROUP_COUNT, n_groups, false);
+    ml.get_key(LLM_KV_EXPERT_GROUP_USED_COUNT, n_group_used, false);
+    std::array<uint32_t, LLAMA_MAX_LAYERS> used{};
+    ml.get_key_or_arr(LLM_KV_EXPERT_USED_COUNT, used, n_layer, false);
+    const uint32_t used_max = *std::max_element(used.begin(), used.begin() + n_layer);
+    check_key(n_expert <= LLAMA_MAX_EXPERTS, kv(LLM_KV_EXPERT_COUNT), "more experts than llama.cpp takes", n_expert);
+    check_key(used_max <= n_expert, kv(LLM_KV_EXPERT_USED_COUNT), "more than the expert count", used_max);
+    if (n_expert > 0) {
+        check_key(used_max > 0, kv(LLM_KV_EXPERT_USED_COUNT), "a model with experts uses at least one", used_max);
+        check_key(n_groups < n_expert, kv(LLM_KV_EXPERT_GROUP_COUNT), "not fewer than the experts", n_groups);
+        if (n_groups > 1) {
+            check_key(n_expert % n_groups == 0, kv(LLM_KV_EXPERT_GROUP_COUNT), "does not divide the experts",
+                      n_groups);
+            check_key(n_group_used > 0 && n_group_used < n_groups, kv(LLM_KV_EXPERT_GROUP_USED_COUNT),
+                      "expected 1 to the group count - 1", n_group_used);
+        }
+    } else {
+        check_key(n_groups == 0, kv(LLM_KV_EXPERT_GROUP_COUNT), "expert groups without experts", n_groups);
+    }
+    for (const llm_kv eps_key : { LLM_KV_ATTENTION_LAYERNORM_EPS, LLM_KV_ATTENTION_LAYERNORM_RMS_EPS }) {
+        float eps = 0.0f;
+        if (ml.get_key(eps_key, eps, false) && !(eps >= 0.0f && std::isfinite(eps))) {
+            throw std::runtime_error(format("the model's metadata key '%s' is %g; a norm epsilon is finite and >= 0",
+                                            kv(eps_key).c_str(), eps));
+        }
+    }
+    // a mapped tensor's data is used in place, and ggml's buffers take only TENSOR_ALIGNMENT (32) aligned data
+    for (const auto & [name, w] : ml.weights_map) {
+        if (w.offs % 32 != 0) {
+            throw std::runtime_error(format("tensor '%s' starts at file offset %zu, which is not a multiple of 32 "
+                                            "(general.alignment)", name.c_str(), w.offs));
+        }
+    }
+}
+
+// the weight's sides as the file describes them (metadata tensors), in the type table's order
+static void side_metas(const ggml_lowbit_type_info * info, const ggml_tensor * weight, const LLM_TN_IMPL & tn,
+                       const llama_model_loader & ml, ggml_tensor * sides[GGML_LOWBIT_MAX_SIDES]) {
+    for (int i = 0; i < info->n_sides; ++i) {
+        const std::string name = LLM_TN_IMPL(tn.arch, tn.tensor, info->sides[i], tn.bid, tn.xid).str();
+        sides[i]               = ml.get_tensor_meta(name.c_str());
+        if (sides[i] == nullptr) {
+            throw std::runtime_error(format("weight '%s' of type %s needs the side tensor '%s', which the file lacks",
+                                            weight->name, info->name, name.c_str()));
+        }
+    }
+}
+
+static void check_sides(const ggml_lowbit_type_info * info, const ggml_tensor * weight,
+                        ggml_tensor * const sides[GGML_LOWBIT_MAX_SIDES]) {
+    char err[256];
+    if (!ggml_lowbit_check_sides(weight, sides, err, sizeof(err))) {
+        throw std::runtime_error(format("weight '%s' of type %s: %s", weight->name, info->name, err));
+    }
+}
+
+void llama_lowbit_prepare_tensor(const LLM_TN_IMPL & tn, const llama_model_loader & ml) {
+    const std::string name = tn.str();
+    ggml_tensor *     meta = ml.get_tensor_meta(name.c_str());
+    if (meta == nullptr) {
+        return;
+    }
+    const ggml_lowbit_type_info * info   = ggml_lowbit_get_type_info(meta->type);
+    const bool                    weight = tn.suffix != nullptr && strcmp(tn.suffix, "weight") == 0;
+    const ggml_op                 op     = llm_tensor_info_for(tn.tensor).op;
+    if (info == nullptr) {
+        // a matmul weight of an integer type (I8 .. I64) has no dot product in any backend
+        const ggml_type type = meta->type;
+        if (weight && (op == GGML_OP_MUL_MAT || op == GGML_OP_MUL_MAT_ID) && !ggml_get_type_traits(type)->is_quantized &&
+            type != GGML_TYPE_F32 && type != GGML_TYPE_F16 && type != GGML_TYPE_BF16) {
+            throw std::runtime_error(format("tensor '%s' has type %s, which matmul weights cannot have", name.c_str(),
+                                            ggml_type_name(type)));
+        }
+        return;
+    }
+    if (!weight || op != GGML_OP_MUL_MAT) {
+        throw std::runtime_error(format("tensor '%s' has the lowbit type %s, which only matmul weights may have",
+                                        name.c_str(), info->name));
+    }
+    ggml_tensor * sides[GGML_LOWBIT_MAX_SIDES] = {};
+    side_metas(info, meta, tn, ml, sides);
+    check_sides(info, meta, sides);
+    for (int i = 0; i < info->n_sides; ++i) {
+        meta->src[i] = sides[i];
+    }
+}
 
 void llama_lowbit_attach_sides(ggml_tensor * weight, const LLM_TN_IMPL & tn, const llama_model_loader & ml,
                                const llama_lowbit_create_fn & create) {
@@ -17,27 +127,19 @@ void llama_lowbit_attach_sides(ggml_tensor * weight, const LLM_TN_IMPL & tn, con
     if (info == nullptr) {
         return;
     }
-    if (tn.suffix == nullptr || strcmp(tn.suffix, "weight") != 0) {
-        throw std::runtime_error(format("tensor '%s' has the lowbit type %s, which only matmul weights may have",
-                                        weight->name, info->name));
-    }
-    const ggml_tensor * sides[GGML_LOWBIT_MAX_SIDES] = {};
+    ggml_tensor * metas[GGML_LOWBIT_MAX_SIDES] = {};
+    side_metas(info, weight, tn, ml, metas);
+    ggml_tensor * sides[GGML_LOWBIT_MAX_SIDES] = {};
     for (int i = 0; i < info->n_sides; ++i) {
-        const LLM_TN_IMPL   side_tn(tn.arch, tn.tensor, info->sides[i], tn.bid, tn.xid);
-        const std::string   name = side_tn.str();
-        const ggml_tensor * meta = ml.get_tensor_meta(name.c_str());
-        if (meta == nullptr) {
-            throw std::runtime_error(format("weight '%s' of type %s needs the side tensor '%s', which the file lacks",
-                                            weight->name, info->name, name.c_str()));
-        }
-        sides[i] = create(side_tn, { meta->ne[0], meta->ne[1], meta->ne[2], meta->ne[3] });
+        const ggml_tensor * m = metas[i];
+        sides[i] = create(LLM_TN_IMPL(tn.arch, tn.tensor, info->sides[i], tn.bid, tn.xid),
+                          { m->ne[0], m->ne[1], m->ne[2], m->ne[3] });
     }
-    char err[256];
-    if (!ggml_lowbit_check_sides(weight, sides, err, sizeof(err))) {
-        throw std::runtime_error(format("weight '%s' of type %s: %s", weight->name, info->name, err));
-    }
+    check_sides(info, weight, sides);
+    ggml_tensor * meta = ml.get_tensor_meta(weight->name);
     for (int i = 0; i < info->n_sides; ++i) {
-        weight->src[i] = const_cast<ggml_tensor *>(sides[i]);
+        weight->src[i] = sides[i];
+        meta->src[i]   = nullptr;  // hung there by llama_lowbit_prepare_tensor for the loader's probe only
     }
 }
 

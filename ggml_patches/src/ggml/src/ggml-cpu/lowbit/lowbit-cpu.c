@@ -79,7 +79,56 @@ static int64_t path_floats(const struct ggml_tensor * dst, int n_threads) {
     return align_floats(floats);
 }
 
+// The one check of a lowbit weight before any path reads it (the work size and the op both take it): its side
+// tensors' types and shapes, and what their data must agree on. The loader checked the same with a message for the
+// user; a graph built by other code gets it here.
+static bool weight_ok(const struct ggml_tensor * w, char * err, size_t err_size) {
+    const struct ggml_tensor * const * sides = (const struct ggml_tensor * const *) w->src;
+    return ggml_lowbit_check_sides(w, sides, err, err_size) && ggml_lowbit_check_side_data(w, sides, err, err_size);
+}
+
+// The type combinations of upstream's element-wise kernels (binary-ops.cpp) for float activations; others abort there
+// at compute. A file sets the type of a norm or bias weight, so the loader asks here and refuses the rest by name.
+static bool binary_types_ok(const struct ggml_tensor * op) {
+    const enum ggml_type a = op->src[0]->type, b = op->src[1]->type, d = op->type;
+    if (a != GGML_TYPE_F32 && a != GGML_TYPE_F16 && a != GGML_TYPE_BF16) {
+        return true;  // quantized activations take upstream's own paths
+    }
+    return (a == b && b == d) || (b == GGML_TYPE_F32 && (d == a || d == GGML_TYPE_F32));
+}
+
+bool ggml_lowbit_cpu_supports_op(const struct ggml_tensor * op) {
+    switch (op->op) {
+        case GGML_OP_ADD:
+        case GGML_OP_SUB:
+        case GGML_OP_MUL:
+        case GGML_OP_DIV:
+            if (!binary_types_ok(op)) {
+                return false;
+            }
+            break;
+        default:
+            break;
+    }
+    bool lowbit = ggml_lowbit_is_type(op->type);
+    for (int i = 0; i < GGML_MAX_SRC; ++i) {
+        lowbit = lowbit || (op->src[i] != NULL && ggml_lowbit_is_type(op->src[i]->type));
+    }
+    if (!lowbit) {
+        return true;
+    }
+    char err[256];
+    // no data yet when the loader asks (it chooses buffers), so the shapes only
+    return op->op == GGML_OP_MUL_MAT && ggml_lowbit_is_type(op->src[0]->type) && op->src[1]->type == GGML_TYPE_F32 &&
+           op->type == GGML_TYPE_F32 &&
+           ggml_lowbit_check_sides(op->src[0], (const struct ggml_tensor * const *) op->src[0]->src, err, sizeof(err));
+}
+
 size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads) {
+    char err[256];
+    if (!weight_ok(dst->src[0], err, sizeof(err))) {
+        return 0;  // nothing of the weight is read: the op stops with the message
+    }
     const int64_t floats = path_floats(dst, n_threads) + n_threads * scratch_floats_per_thread(dst->src[0]);
     return (size_t) (floats + ALIGN_FLOATS) * sizeof(float);
 }
@@ -308,11 +357,8 @@ void ggml_lowbit_cpu_mul_mat(const struct ggml_compute_params * params, struct g
     GGML_ASSERT(dst->type == GGML_TYPE_F32 && dst->nb[0] == sizeof(float));
     GGML_ASSERT(dst->ne[0] == w->ne[1] && dst->src[1]->ne[0] == w->ne[0]);
 
-    // The loader checked the side tensors with a message for the user; a graph built by other code
-    // gets the same check before any code indexes a codebook.
     char err[256];
-    if (!ggml_lowbit_check_sides(w, (const struct ggml_tensor * const *) w->src, err, sizeof(err)) ||
-        !ggml_lowbit_check_side_data(w, (const struct ggml_tensor * const *) w->src, err, sizeof(err))) {
+    if (!weight_ok(w, err, sizeof(err))) {
         GGML_ABORT("%s: %s", w->name, err);
     }
     struct op_sides sides = { { NULL }, { 0 } };

@@ -11,7 +11,14 @@ extern "C" {
 
 struct ggml_compute_params;
 
-// bytes of the shared work buffer the op needs with n_threads threads
+// What the CPU runs of the types a file chooses: ops with a lowbit tensor only as a MUL_MAT of a lowbit weight (src[0])
+// by F32 tokens whose side tensors pass ggml_lowbit_check_sides; element-wise ops (norm and bias weights) only in the
+// type combinations their kernels have. The model loader asks before it places each weight, so a file with any other
+// is refused naming the tensor instead of aborting at compute.
+bool ggml_lowbit_cpu_supports_op(const struct ggml_tensor * op);
+
+// bytes of the shared work buffer the op needs with n_threads threads (0 for a weight that fails the checks, which
+// the op then reports)
 size_t ggml_lowbit_cpu_work_size(const struct ggml_tensor * dst, int n_threads);
 
 // dst = W x with W = src[0] (a lowbit type), x = src[1] (F32); called by every thread of the op
