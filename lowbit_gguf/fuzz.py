@@ -114,7 +114,7 @@ def read_image(path: Path) -> GGUFImage:
           for f in reader.fields.values() if not f.name.startswith("GGUF.")]
     tensors = [TensorImage(t.name, int(t.tensor_type), [int(d) for d in t.shape],
                            raw[t.data_offset:t.data_offset + int(t.n_bytes)]) for t in reader.tensors]
-    return GGUFImage(kv, tensors, reader.alignment)
+    return GGUFImage(kv, tensors, int(reader.alignment))
 
 
 # ---- seed files ----
@@ -572,19 +572,46 @@ def fuzz(n_cases: int | None = None, minutes: float | None = None, seed: int = 0
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def _sanitizer_environment() -> dict[str, str] | None:
+    """The environment that loads the sanitized runtime into a Python that is not itself built with ASan (the ASan
+    runtime preloaded), or None when this process already has it."""
+    import subprocess
+
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        return None
+    libasan = subprocess.run(["cc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(libasan):
+        raise LowbitError("the sanitized runs need the compiler's libasan.so (apt-get install libasan8 or gcc)")
+    return {**os.environ, "LD_PRELOAD": libasan,
+            # Python's own allocations are not leaks to report; a case may ask for absurd sizes, which must fail
+            "ASAN_OPTIONS": "detect_leaks=0:allocator_may_return_null=1:abort_on_error=0",
+            "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+
+def main(argv: list[str] | None = None, doc: str | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=None, help="mutated cases to run (default: until --minutes)")
     parser.add_argument("--minutes", type=float, default=None, help="time budget (default: 5 without --cases)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sanitize", action="store_true", help="run through the ASan/UBSan build")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a case may take before it counts as a hang")
+    parser.add_argument("--sanitize", action="store_true",
+                        help="run through the ASan/UBSan build (`lowbit-gguf runtime build --sanitize address`)")
     args = parser.parse_args(argv)
+    if args.sanitize:
+        env = _sanitizer_environment()
+        if env is not None:  # again, with the sanitizer runtime loaded first
+            argv = sys.argv[1:] if argv is None else argv
+            os.execve(sys.executable, [sys.executable, "-m", "lowbit_gguf.fuzz", *argv], env)
     minutes = args.minutes if args.minutes is not None or args.cases is not None else 5.0
-    report = fuzz(args.cases, minutes, args.seed, args.sanitize, progress=lambda s: print(s, flush=True))
+    report = fuzz(args.cases, minutes, args.seed, args.sanitize, timeout=args.timeout * (4 if args.sanitize else 1),
+                  progress=lambda line: print(line, flush=True))
     print(report.table())
-    print(f"{report.n_cases} cases in {report.seconds:.0f} s, {len(report.failures)} failures")
+    print(f"{report.n_cases} cases in {report.seconds:.0f} s ({'sanitized build' if args.sanitize else 'default build'}, "
+          f"seed {args.seed}): {len(report.failures)} failures")
+    for kind, what, outcome in report.failures:
+        print(f"  {kind}: {what}: {outcome.kind} {outcome.detail} (python readers: {outcome.python})")
     return 1 if report.failures else 0
 
 

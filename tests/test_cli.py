@@ -33,7 +33,7 @@ def test_inspect_unreadable_gguf(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\xff" * 60)
     result = invoke("inspect", bad)
-    assert result.exit_code == 1 and "is not a readable GGUF file" in result.output
+    assert result.exit_code == 1 and "GGUF version 4294967295" in result.output
     result = invoke("inspect", tmp_path / "missing.gguf")
     assert result.exit_code == 1 and "no such GGUF file" in result.output
 
@@ -44,7 +44,7 @@ def test_finetune_unreadable_gguf(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     result = invoke("finetune", bad, tmp_path / "model", "-o", tmp_path / "x.gguf")
-    assert result.exit_code == 1 and "is not a readable GGUF file" in result.output
+    assert result.exit_code == 1 and "GGUF version 4294967295" in result.output
     assert not (tmp_path / "x.gguf").exists()
 
 

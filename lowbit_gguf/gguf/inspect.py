@@ -65,8 +65,15 @@ def check_structure(path: Path) -> None:
     """Walk a GGUF's header, metadata and tensor infos, checking every count and length against the bytes the file
     has, and raise BadGGUF naming what is wrong. gguf's reader trusts them: an array count past the end of the file
     keeps it reading for hours, a dimension count of 255 reads past the tensor's info."""
+    import math
     import mmap
     import struct
+
+    from gguf.constants import GGML_QUANT_SIZES
+
+    from lowbit_gguf.gguf.types import register_with_gguf
+
+    register_with_gguf()  # the lowbit types' sizes too
 
     size = path.stat().st_size
     if size < 24:
@@ -113,29 +120,47 @@ def check_structure(path: Path) -> None:
         if n_kv * 12 > size or n_tensors * 24 > size:
             raise BadGGUF(f"{path}: the header counts {n_kv} metadata pairs and {n_tensors} tensors, more than the "
                           f"file's {size} bytes hold")
+        alignment = 32
         for i in range(n_kv):
             key = string(f"metadata key {i}").decode(errors="replace")
-            value(number("I", f"the value type of {key!r}"), f"the value of {key!r}")
+            vtype = number("I", f"the value type of {key!r}")
+            if key == "general.alignment" and vtype == 4:
+                alignment = number("I", "general.alignment")
+                if alignment == 0 or alignment & (alignment - 1):
+                    raise BadGGUF(f"{path}: general.alignment is {alignment}, not a power of two")
+            else:
+                value(vtype, f"the value of {key!r}")
+        infos = []
         for i in range(n_tensors):
             name = string(f"the name of tensor {i}").decode(errors="replace")
             n_dims = number("I", f"the dimension count of {name!r}")
             if n_dims > GGML_MAX_DIMS:
                 raise BadGGUF(f"{path}: tensor {name!r} has {n_dims} dimensions; ggml tensors have at most "
                               f"{GGML_MAX_DIMS}")
-            take(8 * n_dims + 4 + 8, f"the info of tensor {name!r}")
+            dims = struct.unpack(f"<{n_dims}Q", take(8 * n_dims, f"the shape of tensor {name!r}"))
+            infos.append((name, dims, number("I", f"the type of {name!r}"), number("Q", f"the offset of {name!r}")))
+        data_start = -(-pos // alignment) * alignment
+        for name, dims, ggml_type, offset in infos:
+            if ggml_type not in GGML_QUANT_SIZES:
+                raise BadGGUF(f"{path}: tensor {name!r} has the unknown type id {ggml_type}")
+            block, type_size = GGML_QUANT_SIZES[ggml_type]
+            n = math.prod(dims)
+            if n % block:
+                raise BadGGUF(f"{path}: tensor {name!r} has {n} values, not a whole number of its type's blocks "
+                              f"of {block}")
+            if data_start + offset + n // block * type_size > size:
+                raise BadGGUF(f"{path}: tensor {name!r} ({n // block * type_size} bytes at data offset {offset}) runs "
+                              f"past the end of the file ({size} bytes)")
 
 
 def open_gguf(path: str | Path):
     """gguf's reader over a file whose structure passed check_structure; BadGGUF for anything malformed."""
     import gguf
 
-    from lowbit_gguf.gguf.types import register_with_gguf
-
     path = Path(path)
     if not path.is_file():
         raise BadGGUF(f"no such GGUF file: {path}")
-    check_structure(path)
-    register_with_gguf()
+    check_structure(path)  # registers the lowbit types with gguf too
     try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, struct.error, IndexError ... on bad files
