@@ -32,7 +32,7 @@ from lowbit_gguf.errors import BadGGUF, LowbitError
 GGUF_MAGIC = b"GGUF"
 # gguf value type ids (GGUFValueType)
 U32, I32, F32, STRING, ARRAY, U64 = 4, 5, 6, 8, 9, 10
-F32_TYPE, F16_TYPE = 0, 1
+F32_TYPE, F16_TYPE, I32_TYPE = 0, 1, 26
 
 # the small model every seed file holds: one Llama block, no tokenizer (token ids only)
 HIDDEN, FFN, HEADS, KV_HEADS, VOCAB = 128, 256, 4, 2, 32
@@ -398,6 +398,11 @@ def crafted_cases(seeds: dict[str, GGUFImage]) -> Iterator[tuple[str, GGUFImage 
         yield "LoRA adapter with a lowbit lora_a", aqlm, adapter
         for value in (0, 2**31, 2**32 - 1):
             yield f"llama.block_count {value}", _with_kv(aqlm, "llama.block_count", U32, value), None
+        # integer types of llama.cpp's own on a norm (no element-wise kernel) and on a matmul weight (no dot product)
+        for name in ("blk.0.ffn_norm.weight", "output.weight"):
+            out = aqlm.copy()
+            out.tensor(name).type_id = I32_TYPE  # the same bytes as F32
+            yield f"I32 type on {name}", out, None
     if ptq is not None:  # a spill of zero width with an empty mask: a PTQ1.61 weight with no salient channel
         out = ptq.copy()
         mask, spill = out.tensor("blk.0.attn_q.salient_mask"), out.tensor("blk.0.attn_q.salient_spill")

@@ -50,6 +50,8 @@ CRAFTED = {
     "llama.block_count 2147483648": r"'llama.block_count' is 2147483648",
     "llama.block_count 4294967295": r"'llama.block_count' is 4294967295",
     "PTQ1.61 empty salient set": r"'blk.0.attn_q.salient_spill' is 0 bytes wide",
+    "I32 type on blk.0.ffn_norm.weight": r"compatible buffer type for tensor blk.0.ffn_norm.weight",
+    "I32 type on output.weight": r"'output.weight' has type i32, which matmul weights cannot have",
 }
 
 
@@ -136,6 +138,15 @@ def test_the_python_readers_refuse_a_malformed_file_with_bad_gguf(case, seeds, t
     for reader in (read_summary, read_lowbit_weights):
         with pytest.raises(BadGGUF, match=message):
             reader(path)
+
+
+def test_the_writer_refuses_a_malformed_source_with_bad_gguf(seeds, tmp_path):
+    from lowbit_gguf.gguf.write import write_lowbit_gguf
+
+    source = _write(tmp_path, seeds["AQLM_2X8"].to_bytes()[:3000])
+    with pytest.raises(BadGGUF, match="runs past the end"):
+        write_lowbit_gguf(source, tmp_path / "out.gguf", {}, {}, {}, progress=False)
+    assert not (tmp_path / "out.gguf").exists()
 
 
 def test_inspect_reports_a_malformed_file_without_a_traceback(seeds, tmp_path):
