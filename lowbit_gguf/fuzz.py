@@ -584,10 +584,12 @@ def _sanitizer_environment() -> dict[str, str] | None:
 
     if "libasan" in os.environ.get("LD_PRELOAD", ""):
         return None
-    libasan = subprocess.run(["cc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not os.path.isabs(libasan):
-        raise LowbitError("the sanitized runs need the compiler's libasan.so (apt-get install libasan8 or gcc)")
-    return {**os.environ, "LD_PRELOAD": libasan,
+    # libstdc++ too, so ASan's interceptor of C++ throws finds the real one (Python does not link libstdc++)
+    libs = [subprocess.run(["cc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+            for name in ("libasan.so", "libstdc++.so.6")]
+    if not all(os.path.isabs(lib) for lib in libs):
+        raise LowbitError("the sanitized runs need the compiler's libasan.so and libstdc++.so.6 (gcc)")
+    return {**os.environ, "LD_PRELOAD": " ".join(libs),
             # Python's own allocations are not leaks to report; a case may ask for absurd sizes, which must fail
             "ASAN_OPTIONS": "detect_leaks=0:allocator_may_return_null=1:abort_on_error=0",
             "UBSAN_OPTIONS": "print_stacktrace=1"}

@@ -60,6 +60,13 @@ void llama_lowbit_check_metadata(llama_model_loader & ml) {
                                             kv(eps_key).c_str(), eps));
         }
     }
+    // the vocabulary is sized from this key before the embeddings' shape is checked against it
+    uint32_t n_vocab = 0;
+    const ggml_tensor * embd = ml.get_tensor_meta("token_embd.weight");
+    if (ml.get_key(LLM_KV_VOCAB_SIZE, n_vocab, false) && embd != nullptr && n_vocab > embd->ne[1]) {
+        throw std::runtime_error(format("the model's metadata key '%s' is %u, but token_embd.weight has %lld rows",
+                                        kv(LLM_KV_VOCAB_SIZE).c_str(), n_vocab, (long long) embd->ne[1]));
+    }
     // a mapped tensor's data is used in place, and ggml's buffers take only TENSOR_ALIGNMENT (32) aligned data
     for (const auto & [name, w] : ml.weights_map) {
         if (w.offs % 32 != 0) {

@@ -28,7 +28,9 @@ void ggml_cuda_lowbit_sgemm_decoded(ggml_backend_cuda_context & ctx, const float
 bool ggml_cuda_lowbit_supports_mul_mat(const ggml_tensor * src0, const ggml_tensor * src1) {
     const ggml_lowbit_type_info * info = ggml_lowbit_get_type_info(src0->type);
     const bool kernel = info != nullptr && method_of(info) != nullptr && method_of(info)->supports(info);
-    return kernel && src1->type == GGML_TYPE_F32 && src1->ne[2] * src1->ne[3] == 1 && src0->ne[2] * src0->ne[3] == 1 &&
+    char       err[256];  // as on the CPU: only a weight whose side tensors pass the checks (the loader's probe asks)
+    return kernel && ggml_lowbit_check_sides(src0, (const ggml_tensor * const *) src0->src, err, sizeof(err)) &&
+           src1->type == GGML_TYPE_F32 && src1->ne[2] * src1->ne[3] == 1 && src0->ne[2] * src0->ne[3] == 1 &&
            src1->nb[1] % 16 == 0;  // float4 loads of activations
 }
 
