@@ -349,6 +349,8 @@ def _cmake(root: Path, options: BuildOptions, jobs: int | None, progress: bool) 
     env = dict(os.environ)
     # Paths inside the key dir become relative, so ccache hits across keys for unchanged files.
     env["CCACHE_BASEDIR"] = str(root)
+    # and builds with debug info (the sanitized one) too: ccache otherwise keys them by the build folder
+    env["CCACHE_NOHASHDIR"] = "1"
     flags = options.cmake_flags()
     # where cuBLAS lives is a fact of this machine, not of the build: it stays out of the cache key
     cublas = find_pip_cublas() if options.cuda else None
