@@ -248,7 +248,8 @@ def _side_names(image: GGUFImage, weight: str) -> list[str]:
     return [f"{stem}.{s}" for s in BY_ID[image.tensor(weight).type_id].sides]
 
 
-def _as_f32(t: TensorImage) -> bytes:
+def _in_other_float_type(t: TensorImage) -> bytes:
+    """The tensor's values as F32 (from F16 or I8) or F16 (from F32): what a side retyped to that type holds."""
     if t.type_id == F16_TYPE:
         return np.frombuffer(t.data, np.float16).astype(np.float32).tobytes()
     if t.type_id == F32_TYPE:
@@ -266,13 +267,14 @@ def mutate_sides(image: GGUFImage, rng: random.Random):
     if action == "drop":
         out.tensors.remove(t)
     elif action == "retype":  # the same values in another float type (or bytes as f32): sizes agree
+        t.data = _in_other_float_type(t)
         t.type_id = F16_TYPE if t.type_id == F32_TYPE else F32_TYPE
-        t.data = _as_f32(t)
-    elif action == "reshape":
-        t.ne = list(reversed(t.ne)) if len(t.ne) > 1 and t.ne[0] != t.ne[-1] else t.ne[:-1] + [t.ne[-1] * 2]
-        if len(t.ne) == 1 or rng.random() < 0.5:
+    elif action == "reshape":  # the axes reversed (same bytes), or one entry fewer along the first
+        if len(t.ne) > 1 and t.ne[0] != t.ne[-1] and rng.random() < 0.5:
+            t.ne = list(reversed(t.ne))
+        else:
+            t.data = t.data[:len(t.data) // t.ne[0] * (t.ne[0] - 1)]
             t.ne[0] -= 1
-            t.data = t.data[:len(t.data) // (t.ne[0] + 1) * t.ne[0]]
     elif action == "zero":
         t.ne[rng.randrange(len(t.ne))] = 0
         t.data = b""
@@ -398,8 +400,9 @@ def crafted_cases(seeds: dict[str, GGUFImage]) -> Iterator[tuple[str, GGUFImage 
         yield "LoRA adapter with a lowbit lora_a", aqlm, adapter
         for value in (0, 2**31, 2**32 - 1):
             yield f"llama.block_count {value}", _with_kv(aqlm, "llama.block_count", U32, value), None
-        # integer types of llama.cpp's own on a norm (no element-wise kernel) and on a matmul weight (no dot product)
-        for name in ("blk.0.ffn_norm.weight", "output.weight"):
+        # integer types of llama.cpp's own on a norm (no element-wise kernel), a matmul weight (no dot product) and the
+        # embeddings (integer activations)
+        for name in ("blk.0.ffn_norm.weight", "output.weight", "token_embd.weight"):
             out = aqlm.copy()
             out.tensor(name).type_id = I32_TYPE  # the same bytes as F32
             yield f"I32 type on {name}", out, None

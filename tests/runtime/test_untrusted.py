@@ -51,7 +51,8 @@ CRAFTED = {
     "llama.block_count 4294967295": r"'llama.block_count' is 4294967295",
     "PTQ1.61 empty salient set": r"'blk.0.attn_q.salient_spill' is 0 bytes wide",
     "I32 type on blk.0.ffn_norm.weight": r"compatible buffer type for tensor blk.0.ffn_norm.weight",
-    "I32 type on output.weight": r"'output.weight' has type i32, which matmul weights cannot have",
+    "I32 type on output.weight": r"'output.weight' has type i32; matmul weights and embeddings have float",
+    "I32 type on token_embd.weight": r"'token_embd.weight' has type i32; matmul weights and embeddings have float",
 }
 
 

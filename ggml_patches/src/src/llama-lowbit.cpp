@@ -107,12 +107,14 @@ void llama_lowbit_prepare_tensor(const LLM_TN_IMPL & tn, const llama_model_loade
     const bool                    weight = tn.suffix != nullptr && strcmp(tn.suffix, "weight") == 0;
     const ggml_op                 op     = llm_tensor_info_for(tn.tensor).op;
     if (info == nullptr) {
-        // a matmul weight of an integer type (I8 .. I64) has no dot product in any backend
+        // a matmul weight of an integer type (I8 .. I64) has no dot product in any backend, and embeddings of one
+        // would feed integer activations to the ops after them
         const ggml_type type = meta->type;
-        if (weight && (op == GGML_OP_MUL_MAT || op == GGML_OP_MUL_MAT_ID) && !ggml_get_type_traits(type)->is_quantized &&
-            type != GGML_TYPE_F32 && type != GGML_TYPE_F16 && type != GGML_TYPE_BF16) {
-            throw std::runtime_error(format("tensor '%s' has type %s, which matmul weights cannot have", name.c_str(),
-                                            ggml_type_name(type)));
+        if (weight && (op == GGML_OP_MUL_MAT || op == GGML_OP_MUL_MAT_ID || op == GGML_OP_GET_ROWS) &&
+            !ggml_get_type_traits(type)->is_quantized && type != GGML_TYPE_F32 && type != GGML_TYPE_F16 &&
+            type != GGML_TYPE_BF16) {
+            throw std::runtime_error(format("tensor '%s' has type %s; matmul weights and embeddings have float or "
+                                            "quantized types", name.c_str(), ggml_type_name(type)));
         }
         return;
     }

@@ -24,8 +24,8 @@ using llama_lowbit_create_fn = std::function<ggml_tensor *(const LLM_TN_IMPL & t
 // Before the loader creates the tensor named by tn: if the file holds it in a lowbit type, checks that it is a
 // matmul weight (llama.cpp's tensor info table: op MUL_MAT, suffix "weight") and that its side tensors are there
 // with the types and shapes its type needs, and hangs the sides' metadata on the weight's, so the loader's probe of
-// buffer types sees a whole weight. Nothing is built on a weight or side before this has passed. A matmul weight of
-// another type must be a float or quantized type.
+// buffer types sees a whole weight. Nothing is built on a weight or side before this has passed. A matmul weight or
+// embedding of another type must be of a float or quantized type.
 void llama_lowbit_prepare_tensor(const LLM_TN_IMPL & tn, const llama_model_loader & ml);
 
 // After the loader created `weight` (named by tn): if its type is a lowbit type, create its side tensors (names from
