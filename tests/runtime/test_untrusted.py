@@ -9,6 +9,8 @@ import struct
 import numpy as np
 import pytest
 
+from gguf import GGMLQuantizationType
+
 from lowbit_gguf import fuzz
 from lowbit_gguf.errors import BadGGUF, LowbitError
 from lowbit_gguf.gguf.types import LOWBIT_TYPES
@@ -80,8 +82,8 @@ def test_a_lora_adapter_of_llamas_own_types_applies(seeds, runtime_build, tmp_pa
     _, _, adapter = next(c for c in fuzz.crafted_cases(seeds) if c[2] is not None)
     adapter = adapter.copy()
     rng = np.random.default_rng(0)
-    adapter.tensors[0] = fuzz.TensorImage("blk.0.attn_q.weight.lora_a", fuzz.F32_TYPE, [fuzz.HIDDEN, 8],
-                                          fuzz._f32(rng.normal(size=(8, fuzz.HIDDEN))))
+    adapter.tensors[0] = fuzz.TensorImage("blk.0.attn_q.weight.lora_a", GGMLQuantizationType.F32, [fuzz.HIDDEN, 8],
+                                          fuzz.f32_bytes(rng.normal(size=(8, fuzz.HIDDEN))))
     adapter_path.write_bytes(adapter.to_bytes())
     with Model(model_path, n_ctx=64, n_threads=1) as model:
         plain = model.eval([1, 2, 3])
