@@ -102,11 +102,21 @@ def runtime_prune(dry_run):
 @click.argument("model_dir", type=existing_dir)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write.")
 @click.option("--type", "out_type", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f16",
-              show_default=True)
-def convert(model_dir, output, out_type):
-    """Convert a Hugging Face checkpoint to GGUF (llama.cpp's own converter, pinned)."""
-    from lowbit_gguf.gguf.convert import convert as run_convert
+              show_default=True, help="Tensor type of a float checkpoint's weights.")
+@click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
+              help="Type of the token embeddings and output head of an imported AQLM checkpoint.")
+def convert(model_dir, output, out_type, embedding_type):
+    """Convert a Hugging Face checkpoint to GGUF (llama.cpp's own converter, pinned). A published AQLM
+    checkpoint (quantization_config.quant_method "aqlm": 1x16, 2x8 or 1x8 with groups of 8) is written with
+    its codes as they are, in lowbit-gguf's AQLM types, without quantizing again."""
+    from lowbit_gguf.checkpoints import IMPORTERS, import_checkpoint, quant_method
+    from lowbit_gguf.gguf.convert import check_model_dir, convert as run_convert
 
+    method = quant_method(check_model_dir(model_dir))
+    if method in IMPORTERS:
+        import_checkpoint(model_dir, output, embedding_type=embedding_type)
+        click.echo(f"wrote {output} ({method} codes imported as they are)")
+        return
     run_convert(model_dir, output, out_type)
     click.echo(f"wrote {output}")
 

@@ -22,6 +22,8 @@ from lowbit_gguf.runtime.build import UPSTREAM, extract_upstream
 # HF architectures of the llama family that the tests and the sequential driver cover.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 OUT_TYPES = ("f32", "f16", "bf16", "q8_0")
+# quant methods convert_quantized.py decodes for the converter (lowbit_gguf.checkpoints imports them as codes)
+LOWBIT_DECODED = ("aqlm",)
 
 
 def upstream_source() -> Path:
@@ -61,11 +63,17 @@ def convert(model_dir: Path, out: Path, out_type: str = "f16", quiet: bool = Fal
     model_dir, out = Path(model_dir), Path(out)
     if out_type not in OUT_TYPES:
         raise LowbitError(f"unknown output type {out_type!r}; choose from {', '.join(OUT_TYPES)}")
-    check_model_dir(model_dir)
+    config = check_model_dir(model_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    script = upstream_source() / "convert_hf_to_gguf.py"
+    upstream = upstream_source()
+    # checkpoints quantized in a format the converter does not know have their linears decoded on the way
+    qconfig = config.get("quantization_config")
+    if isinstance(qconfig, dict) and qconfig.get("quant_method") in LOWBIT_DECODED:
+        script = ["-m", "lowbit_gguf.convert_quantized", str(upstream)]
+    else:
+        script = [str(upstream / "convert_hf_to_gguf.py")]
     with partial_output(out, f"the GGUF file {out.name}") as partial:
-        cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(partial), "--outtype", out_type]
+        cmd = [sys.executable, *script, str(model_dir), "--outfile", str(partial), "--outtype", out_type]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else None, text=True)
         if proc.returncode != 0:
             detail = (proc.stderr or "")[-3000:] if quiet else "(its messages are above)"

@@ -55,9 +55,6 @@ class GGUFSummary:
         return sum(t.n_elements for t in self.tensors if not t.is_side_tensor)
 
 
-# gguf value types (GGUFValueType): the byte size of each scalar; 8 is a string, 9 an array
-_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
 GGML_MAX_DIMS = 4
 
 
@@ -69,11 +66,14 @@ def check_structure(path: Path) -> None:
     import mmap
     import struct
 
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType
     from gguf.constants import GGML_QUANT_SIZES
 
     from lowbit_gguf.gguf.types import register_with_gguf
 
     register_with_gguf()  # the lowbit types' sizes too
+    scalar_bytes = {int(t): np.dtype(dtype).itemsize for t, dtype in GGUFReader.gguf_scalar_to_np.items()}
 
     size = path.stat().st_size
     if size < 24:
@@ -95,14 +95,14 @@ def check_structure(path: Path) -> None:
             return take(number("Q", f"the length of {what}"), what)
 
         def value(vtype: int, what: str) -> None:
-            if vtype in _SCALAR_BYTES:
-                take(_SCALAR_BYTES[vtype], what)
-            elif vtype == _STRING:
+            if vtype in scalar_bytes:
+                take(scalar_bytes[vtype], what)
+            elif vtype == GGUFValueType.STRING:
                 string(what)
-            elif vtype == _ARRAY:
+            elif vtype == GGUFValueType.ARRAY:
                 item, count = number("I", f"the item type of {what}"), number("Q", f"the length of {what}")
-                if item in _SCALAR_BYTES:  # a scalar array in one step
-                    take(count * _SCALAR_BYTES[item], what)
+                if item in scalar_bytes:  # a scalar array in one step
+                    take(count * scalar_bytes[item], what)
                 elif count * 8 > size - pos:  # every string or array item takes at least 8 bytes
                     raise BadGGUF(f"{path}: {what} has {count} items, more than the file holds")
                 else:
