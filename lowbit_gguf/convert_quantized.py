@@ -21,11 +21,19 @@ def aqlm_weight(codes, codebooks, scales):
 
 
 def decode_aqlm(model_tensors: dict) -> None:
-    """Replace each linear's codes, codebooks and scales in the converter's tensor table by its decoded weight."""
-    for name in [n for n in model_tensors if n.endswith(".codes")]:
-        stem = name.removesuffix(".codes")
-        parts = [model_tensors.pop(f"{stem}.{s}") for s in ("codes", "codebooks", "scales")]
-        model_tensors[f"{stem}.weight"] = lambda parts=parts: aqlm_weight(*(eager(p()) for p in parts)).half()
+    """Replace each linear's codes, codebooks and scales in the converter's tensor table by its decoded weight, where
+    the first of them stood (the file keeps a float checkpoint's tensor order)."""
+    stems = {n.removesuffix(".codes") for n in model_tensors if n.endswith(".codes")}
+    table = {}
+    for name, tensor in model_tensors.items():
+        stem, _, suffix = name.rpartition(".")
+        if stem not in stems or suffix not in ("codes", "codebooks", "scales"):
+            table[name] = tensor
+        elif f"{stem}.weight" not in table:
+            parts = [model_tensors[f"{stem}.{s}"] for s in ("codes", "codebooks", "scales")]
+            table[f"{stem}.weight"] = lambda parts=parts: aqlm_weight(*(eager(p()) for p in parts)).half()
+    model_tensors.clear()
+    model_tensors.update(table)
 
 
 def eager(tensor):

@@ -3,6 +3,7 @@ AQLM through transformers' AQLM integration and the PyPI `aqlm` package's Quanti
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -23,17 +24,18 @@ def random_aqlm_payload(d_out: int, d_in: int, num_codebooks: int, nbits: int, s
 
 def write_aqlm_checkpoint(float_dir: Path, out_dir: Path, num_codebooks: int, nbits: int,
                           payloads: dict[str, dict[str, torch.Tensor]] | None = None, seed: int = 0,
-                          not_to_quantize: tuple[str, ...] = ("lm_head", "lm_head.weight")) -> Path:
+                          not_to_quantize: tuple[str, ...] = ("lm_head", "lm_head.weight"),
+                          dtype: torch.dtype = torch.float16) -> Path:
     """The float model at float_dir with its decoder linears as aqlm QuantizedLinear (groups of 8, out-groups of 1),
     saved as an AQLM checkpoint. payloads: by module name (random ones when None). not_to_quantize: the config's
     linear_weights_not_to_quantize (published files spell the head 'lm_head.weight', transformers 5 matches
-    'lm_head')."""
+    'lm_head'). dtype: the float tensors', codebooks' and scales' (published files: fp16)."""
     pytest.importorskip("aqlm", reason="the AQLM reference package (pip install aqlm==1.1.7 numba)")
-    import transformers.quantizers  # noqa: F401 (before the integration, which imports it back)
+    importlib.import_module("transformers.quantizers")  # before the integration, which imports it back
     from transformers import AqlmConfig, AutoModelForCausalLM
     from transformers.integrations import replace_with_aqlm_linear
 
-    model = AutoModelForCausalLM.from_pretrained(float_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32)
     shapes = {name: (m.out_features, m.in_features) for name, m in model.named_modules()
               if isinstance(m, torch.nn.Linear) and name != "lm_head"}
     qconfig = AqlmConfig(in_group_size=8, out_group_size=1, num_codebooks=num_codebooks, nbits_per_codebook=nbits,
@@ -48,7 +50,7 @@ def write_aqlm_checkpoint(float_dir: Path, out_dir: Path, num_codebooks: int, nb
         module.codebooks.data = payload["codebooks"].float().reshape(num_codebooks, 2**nbits, 1, 8)
         module.scales.data = payload["scales"].float().reshape(d_out, 1, 1, 1)
     model.config.quantization_config = qconfig
-    model.half().save_pretrained(out_dir)  # codebooks, scales and the rest in fp16, as published
+    model.to(dtype).save_pretrained(out_dir)
     for name in TOKENIZER_FILES:
         if (Path(float_dir) / name).exists():
             shutil.copy2(Path(float_dir) / name, Path(out_dir) / name)
