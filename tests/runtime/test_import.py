@@ -12,7 +12,7 @@ import torch
 
 import gguf
 from conftest import aqlm_configs, make_tiny_llama
-from published import random_aqlm_payload, write_aqlm_checkpoint
+from lowbit_gguf.published import random_aqlm_payload, write_aqlm_checkpoint
 from runtime_parity import check_logits, check_perplexity
 
 pytestmark = [pytest.mark.runtime, pytest.mark.model]

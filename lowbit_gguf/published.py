@@ -1,13 +1,15 @@
-"""Checkpoints in the published quantized formats, written with the reference packages' own code (no model hub):
-AQLM through transformers' AQLM integration and the PyPI `aqlm` package's QuantizedLinear."""
+"""Checkpoints in the published quantized formats, written with the reference packages' own code, for the import
+tests and benchmarks (there is no model hub to fetch published ones from): AQLM through transformers' AQLM
+integration and the PyPI `aqlm` package's QuantizedLinear (`pip install aqlm==1.1.7 numba accelerate`, in the
+test extras)."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -30,7 +32,10 @@ def write_aqlm_checkpoint(float_dir: Path, out_dir: Path, num_codebooks: int, nb
     saved as an AQLM checkpoint. payloads: by module name (random ones when None). not_to_quantize: the config's
     linear_weights_not_to_quantize (published files spell the head 'lm_head.weight', transformers 5 matches
     'lm_head'). dtype: the float tensors', codebooks' and scales' (published files: fp16)."""
-    pytest.importorskip("aqlm", reason="the AQLM reference package (pip install aqlm==1.1.7 numba)")
+    from lowbit_gguf.errors import LowbitError
+
+    if importlib.util.find_spec("aqlm") is None:
+        raise LowbitError("writing AQLM checkpoints needs the aqlm package: pip install aqlm==1.1.7 numba accelerate")
     importlib.import_module("transformers.quantizers")  # before the integration, which imports it back
     from transformers import AqlmConfig, AutoModelForCausalLM
     from transformers.integrations import replace_with_aqlm_linear
