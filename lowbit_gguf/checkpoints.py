@@ -72,7 +72,7 @@ class CheckpointTensors:
 
 def linear_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
     """{module name: (d_out, d_in)} of every linear of the model its config.json describes (built on the meta device
-    by transformers, without weights)."""
+    by transformers, without weights), but an output head tied to the embeddings."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -80,8 +80,9 @@ def linear_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
         del config.quantization_config
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings() if getattr(config, "tie_word_embeddings", False) else None
     return {name: (m.out_features, m.in_features) for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
+            if isinstance(m, torch.nn.Linear) and m is not head}  # a tied head is the embeddings
 
 
 def aqlm_config_of(qconfig: dict, model_dir: Path):

@@ -168,3 +168,16 @@ def test_missing_shard_is_refused(tiny_float, tmp_path):
 def test_random_payload_covers_every_code():
     payload = random_aqlm_payload(64, 256, 1, 8, seed=0)
     assert payload["codes"].min() == 0 and payload["codes"].max() == 255  # signed storage is exercised
+
+
+def test_tied_head_is_not_a_linear_to_import(tmp_path):
+    """A model whose head is its embeddings (the default model) has no lm_head tensor to find codes or a weight in."""
+    from transformers import LlamaConfig
+
+    from lowbit_gguf.checkpoints import linear_shapes
+
+    for tied in (True, False):
+        LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                    tie_word_embeddings=tied).save_pretrained(tmp_path / str(tied))
+        shapes = linear_shapes(tmp_path / str(tied))
+        assert ("lm_head" in shapes) != tied and shapes["model.layers.0.mlp.down_proj"] == (32, 64)
