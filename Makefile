@@ -8,6 +8,8 @@ install:
 	bash tools/setup-system.sh
 	$(PYTHON) -m pip install -q torch==2.13.0   # CPU wheel; a looser pin would pull a CUDA build
 	$(PYTHON) -m pip install -q -e '.[test]'
+	# the VPTQ reference package, for the import tests: its own dependencies are a GPU demo's
+	$(PYTHON) -m pip install -q --no-deps vptq==0.0.5.post1
 
 runtime: install
 	lowbit-gguf runtime build

@@ -8,14 +8,16 @@ import torch
 N_CTX = 128
 
 
-def check_logits(gguf_path, decoded_dir, token_by_token: int = 0):
-    """Logits of 40 random tokens (and of the first token_by_token fed one at a time, the decode path)."""
+def check_logits(gguf_path, decoded_dir, token_by_token: int = 0, reference=None):
+    """Logits of 40 random tokens (and of the first token_by_token fed one at a time, the decode path). reference:
+    the model to compare with (default: transformers' on decoded_dir)."""
     from transformers import AutoModelForCausalLM
 
     from lowbit_gguf.runtime import Model
 
     tokens = torch.randint(0, 49152, (1, 40), generator=torch.Generator().manual_seed(1))
-    reference = AutoModelForCausalLM.from_pretrained(decoded_dir, torch_dtype=torch.float32)
+    if reference is None:
+        reference = AutoModelForCausalLM.from_pretrained(decoded_dir, torch_dtype=torch.float32)
     with torch.no_grad():
         want = reference(tokens).logits[0].numpy()
     with Model(gguf_path, n_ctx=N_CTX, n_threads=2) as model:
@@ -30,14 +32,17 @@ def check_logits(gguf_path, decoded_dir, token_by_token: int = 0):
     assert np.mean(np.argmax(got, -1) == np.argmax(want, -1)) > 0.9
 
 
-def check_perplexity(gguf_path, decoded_dir, model_dir, label: str):
-    """Perplexity over 4 windows of the evaluation text within 1% of the reference decode's."""
+def check_perplexity(gguf_path, decoded_dir, model_dir, label: str, reference=None):
+    """Perplexity over 4 windows of the evaluation text within 1% of the reference decode's (reference: the model
+    to compare with; default: transformers' on decoded_dir)."""
     from lowbit_gguf.calibration import load_text
     from lowbit_gguf.evaluate import hf_perplexity, hf_tokenize, load_hf_model
     from lowbit_gguf.runtime.library import Model, perplexity
 
     tokens = hf_tokenize(model_dir, load_text("evaluation")[:20000])[: 4 * N_CTX]
-    reference = hf_perplexity(load_hf_model(decoded_dir), tokens, N_CTX, 4, progress=False)
+    if reference is None:
+        reference = load_hf_model(decoded_dir)
+    reference = hf_perplexity(reference, tokens, N_CTX, 4, progress=False)
     with Model(gguf_path, n_ctx=N_CTX, n_threads=2) as model:
         value = perplexity(model, tokens, N_CTX)
     print(f"{label}: runtime {value:.3f}, reference decode {reference:.3f}")

@@ -23,7 +23,7 @@ from lowbit_gguf.runtime.build import UPSTREAM, extract_upstream
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 OUT_TYPES = ("f32", "f16", "bf16", "q8_0")
 # quant methods convert_quantized.py decodes for the converter (lowbit_gguf.checkpoints imports them as codes)
-LOWBIT_DECODED = ("aqlm",)
+LOWBIT_DECODED = ("aqlm", "vptq")
 
 
 def upstream_source() -> Path:

@@ -176,3 +176,24 @@ void llama_lowbit_check_loaded(ggml_context * ctx) {
         }
     }
 }
+
+void llama_lowbit_rope_type(llama_model_loader & ml, enum llama_rope_type & rope_type) {
+    static const char * key = "lowbit_gguf.rope_type";
+    const int64_t       id  = gguf_find_key(ml.metadata, key);
+    if (id < 0) {
+        return;
+    }
+    if (gguf_get_kv_type(ml.metadata, id) != GGUF_TYPE_STRING) {
+        throw std::runtime_error(format("the model's metadata key '%s' is not a string", key));
+    }
+    const std::string value = gguf_get_val_str(ml.metadata, id);
+    if (value != "neox") {
+        throw std::runtime_error(format("the model's metadata key '%s' is '%s'; lowbit-gguf knows 'neox'", key,
+                                        value.c_str()));
+    }
+    if (rope_type != LLAMA_ROPE_TYPE_NORM && rope_type != LLAMA_ROPE_TYPE_NEOX) {
+        throw std::runtime_error(format("the model's metadata key '%s' asks for NeoX RoPE, but this architecture's "
+                                        "RoPE (type %d) is neither the normal nor the NeoX one", key, (int) rope_type));
+    }
+    rope_type = LLAMA_ROPE_TYPE_NEOX;
+}

@@ -5,6 +5,7 @@
 // std::runtime_error with a message naming the tensor or key.
 
 #include "llama-arch.h"
+#include "llama.h"
 
 #include <cstdint>
 #include <functional>
@@ -36,3 +37,9 @@ void llama_lowbit_attach_sides(ggml_tensor * weight, const LLM_TN_IMPL & tn, con
 // After the loader filled the tensors of ctx with data: for every lowbit weight among them, the checks that
 // read side tensor data (ggml_lowbit_check_side_data; device buffers are read through a host copy).
 void llama_lowbit_check_loaded(ggml_context * ctx);
+
+// After llama.cpp chose the architecture's RoPE: a file that keeps Llama's q/k rows in Hugging Face's order (an
+// imported VPTQ checkpoint, whose vectors span consecutive rows) says lowbit_gguf.rope_type = "neox", and RoPE then
+// rotates pairs of halves, as Hugging Face does, instead of the pairs of neighbours the converter's permutation
+// makes. Only a normal RoPE can be switched so; anything else is a load error naming the key.
+void llama_lowbit_rope_type(llama_model_loader & ml, enum llama_rope_type & rope_type);
