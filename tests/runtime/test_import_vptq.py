@@ -68,6 +68,17 @@ def test_imported_perplexity_matches_the_vptq_package(tiny_float, tmp_path, defa
                      reference=load_vptq_reference(checkpoint))
 
 
+def test_default_model_imports_with_its_tied_head(default_model_dir, tmp_path, runtime_build):
+    """The default model's head is its embeddings (no lm_head in the checkpoint), its rows 576, 1536 and 192."""
+    from lowbit_gguf.checkpoints import import_checkpoint
+
+    checkpoint = write_vptq_checkpoint(default_model_dir, tmp_path / "vptq", 8, 256, 256)
+    path = import_checkpoint(checkpoint, tmp_path / "vptq.gguf", embedding_type="f16", progress=False)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert "output.weight" not in types and types["blk.29.ffn_down.weight"] == "VPTQ_2"
+    check_logits(path, checkpoint, reference=load_vptq_reference(checkpoint))
+
+
 def test_unpacked_indices_import_as_packed_ones(tiny_float, tmp_path):
     """Checkpoints may keep indices unpacked (int16 holding uint16, is_indice_packed false): same file."""
     import_vptq()
