@@ -104,11 +104,12 @@ def runtime_prune(dry_run):
 @click.option("--type", "out_type", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f16",
               show_default=True, help="Tensor type of a float checkpoint's weights.")
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
-              help="Type of the token embeddings and output head of an imported AQLM checkpoint.")
+              help="Type of the token embeddings and output head of an imported AQLM or VPTQ checkpoint.")
 def convert(model_dir, output, out_type, embedding_type):
     """Convert a Hugging Face checkpoint to GGUF (llama.cpp's own converter, pinned). A published AQLM
-    checkpoint (quantization_config.quant_method "aqlm": 1x16, 2x8 or 1x8 with groups of 8) is written with
-    its codes as they are, in lowbit-gguf's AQLM types, without quantizing again."""
+    checkpoint (quantization_config.quant_method "aqlm": 1x16, 2x8 or 1x8 with groups of 8) or VPTQ checkpoint
+    ("vptq": one codebook per linear, no outlier columns) is written with its codes as they are, in lowbit-gguf's
+    AQLM or VPTQ types, without quantizing again."""
     from lowbit_gguf.checkpoints import IMPORTERS, import_checkpoint, quant_method
     from lowbit_gguf.gguf.convert import check_model_dir, convert as run_convert
 

@@ -40,29 +40,30 @@ def vptq_weight(model_tensors: dict, stem: str, qconfig: dict):
 
 def replace_by_decoded(model_tensors: dict, marker: str, suffixes: tuple[str, ...], weight) -> None:
     """Replace each quantized linear's tensors (those with `marker`, then any of `suffixes`) in the converter's
-    tensor table by its decoded weight(stem) in f16, where the first of them stood (the file keeps a float
-    checkpoint's tensor order)."""
-    stems = {n.removesuffix(f".{marker}") for n in model_tensors if n.endswith(f".{marker}")}
+    tensor table by its decoded weight(original table, stem) in f16, where the first of them stood (the file keeps a
+    float checkpoint's tensor order)."""
+    original = dict(model_tensors)
+    stems = {n.removesuffix(f".{marker}") for n in original if n.endswith(f".{marker}")}
     table = {}
-    for name, tensor in model_tensors.items():
+    for name, tensor in original.items():
         stem = next((name.removesuffix(f".{s}") for s in suffixes if name.endswith(f".{s}")), None)
         if stem not in stems:
             table[name] = tensor
         elif f"{stem}.weight" not in table:
-            table[f"{stem}.weight"] = lambda stem=stem: weight(stem).half()
+            table[f"{stem}.weight"] = lambda stem=stem: weight(original, stem).half()
     model_tensors.clear()
     model_tensors.update(table)
 
 
 def decode_aqlm(model, qconfig: dict) -> None:
     """model: the converter's ModelBase, its tensor table not yet dequantized."""
-    parts = lambda stem: (eager(model.model_tensors[f"{stem}.{s}"]()) for s in AQLM_SUFFIXES)  # noqa: E731
-    replace_by_decoded(model.model_tensors, "codes", AQLM_SUFFIXES, lambda stem: aqlm_weight(*parts(stem)))
+    replace_by_decoded(model.model_tensors, "codes", AQLM_SUFFIXES, lambda tensors, stem: aqlm_weight(
+        *(eager(tensors[f"{stem}.{s}"]()) for s in AQLM_SUFFIXES)))
 
 
 def decode_vptq(model, qconfig: dict) -> None:
-    tensors = dict(model.model_tensors)
-    replace_by_decoded(model.model_tensors, "indices", VPTQ_SUFFIXES, lambda stem: vptq_weight(tensors, stem, qconfig))
+    replace_by_decoded(model.model_tensors, "indices", VPTQ_SUFFIXES,
+                       lambda tensors, stem: vptq_weight(tensors, stem, qconfig))
     if getattr(model, "undo_permute", False):  # Llama's q/k rows stay in Hugging Face's order, RoPE follows
         model.undo_permute = False
         model.gguf_writer.add_string("lowbit_gguf.rope_type", "neox")

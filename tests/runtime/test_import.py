@@ -61,6 +61,18 @@ def test_imported_perplexity_matches_transformers_with_aqlm(tiny_float, tmp_path
     check_perplexity(*import_tiny(tiny_float, tmp_path, "2x8"), default_model_dir, "imported AQLM 2x8")
 
 
+def test_default_model_imports_with_its_tied_head(default_model_dir, tmp_path, runtime_build,
+                                                  single_thread_aqlm_reference):
+    """The default model's head is its embeddings (no lm_head in the checkpoint), its rows 576, 1536 and 192."""
+    from lowbit_gguf.checkpoints import import_checkpoint
+
+    checkpoint = write_aqlm_checkpoint(default_model_dir, tmp_path / "aqlm", 2, 8)
+    path = import_checkpoint(checkpoint, tmp_path / "aqlm.gguf", embedding_type="f16", progress=False)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert "output.weight" not in types and types["blk.29.ffn_down.weight"] == "AQLM_2X8"
+    check_logits(path, checkpoint)
+
+
 def test_own_quantization_imports_to_the_same_file(tiny_float, tmp_path):
     """A checkpoint holding this project's AQLM codes converts to the tensors `quantize` wrote for them."""
     from lowbit_gguf import quantize
