@@ -52,6 +52,12 @@ class SuiteSettings:
     bench_rounds: int = 3
 
     @classmethod
+    def demo(cls) -> SuiteSettings:
+        """`make demo`'s table: F16 and IQ2_XXS beside the files added, on fewer chunks and tokens (minutes)."""
+        return cls(upstream_types=("F16", "IQ2_XXS"), methods=(), calib_samples=16, calib_seq_len=256, ppl_chunks=8,
+                   n_prompt=128, n_gen=32, bench_rounds=2)
+
+    @classmethod
     def quick(cls) -> SuiteSettings:
         """A smoke run: a few files, tiny budgets; exercises every step of the harness."""
         return cls(upstream_types=("F16", "Q8_0", "IQ2_XXS"), methods=(("rtn", "w4g32"),), calib_samples=4,

@@ -105,21 +105,28 @@ def runtime_prune(dry_run):
               show_default=True, help="Tensor type of a float checkpoint's weights.")
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
               help="Type of the token embeddings and output head of an imported AQLM or VPTQ checkpoint.")
-def convert(model_dir, output, out_type, embedding_type):
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's converter's log (a line per tensor) as it comes; "
+                                                    "it is kept in a log file either way.")
+def convert(model_dir, output, out_type, embedding_type, verbose):
     """Convert a Hugging Face checkpoint to GGUF (llama.cpp's own converter, pinned). A published AQLM
     checkpoint (quantization_config.quant_method "aqlm": 1x16, 2x8 or 1x8 with groups of 8) or VPTQ checkpoint
     ("vptq": one codebook per linear, no outlier columns) is written with its codes as they are, in lowbit-gguf's
     AQLM or VPTQ types, without quantizing again."""
-    from lowbit_gguf.checkpoints import IMPORTERS, import_checkpoint, quant_method
-    from lowbit_gguf.gguf.convert import check_model_dir, convert as run_convert
+    import time
 
+    from lowbit_gguf.checkpoints import IMPORTERS, import_checkpoint, quant_method
+    from lowbit_gguf.gguf.convert import check_model_dir, convert as run_convert, convert_log_path
+
+    started = time.time()
     method = quant_method(check_model_dir(model_dir))
     if method in IMPORTERS:
         import_checkpoint(model_dir, output, embedding_type=embedding_type)
-        click.echo(f"wrote {output} ({method} codes imported as they are)")
-        return
-    run_convert(model_dir, output, out_type)
-    click.echo(f"wrote {output}")
+        made, log = f"{method} codes imported as they are", ""
+    else:
+        run_convert(model_dir, output, out_type, verbose=verbose)
+        made, log = out_type.upper(), f"; converter log: {convert_log_path(output)}"
+    click.echo(f"wrote {output} ({made}, {output.stat().st_size / 2**20:.1f} MiB) in {time.time() - started:.0f} s"
+               + log)
 
 
 def calibration_options(command):
@@ -144,8 +151,11 @@ def calibration_options(command):
 @click.argument("model_dir", type=existing_dir)
 @click.option("--method", required=True, help="Quantization method (see `lowbit-gguf methods`).")
 @click.option("--config", default=None, help="Method config, e.g. 2x8 for AQLM or w4g32 for rtn.")
+@click.option("--preset", type=click.Choice(settings.PRESETS), default="default", show_default=True,
+              help="fast: a run of minutes (fewer, shorter calibration windows and lighter method settings) for a "
+                   "first look; default: the method's own settings.")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Set any field of the method's config (repeatable), e.g. --set beam_size=8; "
+              help="Set any field of the method's config (repeatable, after the preset's), e.g. --set beam_size=8; "
                    "`lowbit-gguf methods --fields` lists them.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write.")
 @calibration_options
@@ -157,19 +167,28 @@ def calibration_options(command):
 @click.option("--embedding-type", type=click.Choice(["q8_0", "f16"]), default="q8_0", show_default=True,
               help="Type of the token embeddings and output head in methods with their own GGUF type "
                    "(llama.cpp's low-bit files use Q8_0).")
-def quantize(model_dir, method, config, overrides, output, calib_text, samples, seq_len, heldout, device, checkpoint,
-             save_decoded, embedding_type):
+@click.pass_context
+def quantize(ctx, model_dir, method, config, preset, overrides, output, calib_text, samples, seq_len, heldout, device,
+             checkpoint, save_decoded, embedding_type):
     """Quantize MODEL_DIR block by block with a registered method and write a GGUF."""
+    from click.core import ParameterSource
+
     from lowbit_gguf.export import quantize_checkpoint
     from lowbit_gguf.methods import get_method
 
     pairs = [o.partition("=") for o in overrides]
     if any(not key or not sep for key, sep, _ in pairs):
         raise click.BadParameter("expected FIELD=VALUE", param_hint="--set")
-    parsed = get_method(method).parse_config(config, {key: value for key, _, value in pairs})
-    report = quantize_checkpoint(model_dir, method, parsed, output, calib_text=list(calib_text), n_samples=samples,
-                                 seq_len=seq_len, n_heldout=heldout, device=device, checkpoint_dir=checkpoint,
-                                 save_decoded=save_decoded, embedding_type=embedding_type)
+    parsed = get_method(method).parse_config(config, {key: value for key, _, value in pairs}, preset=preset)
+    # the preset's calibration budget, where the command line does not set it
+    budget = {"samples": samples, "seq_len": seq_len, "heldout": heldout}
+    for name, value in settings.PRESET_CALIBRATION.get(preset, {}).items():
+        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+            budget[name] = value
+    report = quantize_checkpoint(model_dir, method, parsed, output, calib_text=list(calib_text),
+                                 n_samples=budget["samples"], seq_len=budget["seq_len"], n_heldout=budget["heldout"],
+                                 device=device, checkpoint_dir=checkpoint, save_decoded=save_decoded,
+                                 embedding_type=embedding_type, preset=preset)
     click.echo(f"wrote {report.gguf}: {len(report.result.layers)} linear layers, "
                f"{report.result.bits_per_weight():.3f} bits/weight in the method's own storage, "
                f"{report.seconds:.0f} s")
@@ -345,11 +364,13 @@ def bench_kernels(gguf_files, block, tokens, threads, paths, repeat, rounds):
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
 @click.option("--quick", is_flag=True, help="Smoke run: three files, tiny budgets.")
+@click.option("--demo", is_flag=True, help="The demo's table: F16 and IQ2_XXS beside the --add-file files, 8 chunks "
+                                           "of each text, tg32 (minutes).")
 @click.option("--model", "model_dir", type=existing_dir, default=None, help="Default: SmolLM2-135M-Instruct.")
 @click.option("--keep-work", is_flag=True, help="Keep the GGUF files and tool logs in OUT/work.")
 @click.option("--add-file", "added", multiple=True, metavar="NAME=PATH",
               help="Also measure a GGUF quantized beforehand (e.g. aqlm-2x8=model-aqlm.gguf); repeatable.")
-def bench_suite(out_dir, quick, model_dir, keep_work, added):
+def bench_suite(out_dir, quick, demo, model_dir, keep_work, added):
     """Every method and llama.cpp's own low-bit types side by side: bits/weight, PPL, KLD, speed."""
     from dataclasses import replace
 
@@ -361,7 +382,9 @@ def bench_suite(out_dir, quick, model_dir, keep_work, added):
         if not sep or not name or not path:
             raise click.BadParameter(f"{item!r} is not NAME=PATH", param_hint="--add-file")
         pairs.append((name, path))
-    settings = SuiteSettings.quick() if quick else SuiteSettings()
+    if quick and demo:
+        raise click.BadParameter("choose one of --quick and --demo", param_hint="--demo")
+    settings = SuiteSettings.quick() if quick else SuiteSettings.demo() if demo else SuiteSettings()
     settings = replace(settings, added_files=tuple(pairs))
     run_suite(out_dir, settings, model_dir)
     if not keep_work:

@@ -34,9 +34,10 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
                         seq_len: int = DEFAULT_SEQ_LEN, n_heldout: int = DEFAULT_HELDOUT,
                         device: str = "cpu", checkpoint_dir: Path | None = None,
                         save_decoded: Path | None = None, embedding_type: str = "q8_0",
-                        progress: bool = True) -> QuantizeReport:
+                        progress: bool = True, preset: str = "default") -> QuantizeReport:
     """`lowbit-gguf quantize`: lowbit_gguf.quantize on a model folder, then the GGUF at out. An interrupted run
-    leaves its checkpoint beside the output (OUT.checkpoint); running the same command resumes it."""
+    leaves its checkpoint beside the output (OUT.checkpoint); running the same command resumes it. preset: the
+    name of the preset config was made with, for the file's metadata."""
     from lowbit_gguf.api import quantize
 
     started = time.time()
@@ -47,7 +48,8 @@ def quantize_checkpoint(model_dir: Path, method: str, config, out: Path, *,
                          n_heldout=n_heldout, device=device, checkpoint_dir=checkpoint_dir, progress=progress)
     result = quantized.result
     # A resumed run's time includes the blocks that earlier runs finished (not their lost partial blocks).
-    quantized.save_gguf(out, metadata={"quantize_seconds": f"{time.time() - started + result.resumed_seconds:.1f}"},
+    seconds = f"{time.time() - started + result.resumed_seconds:.1f}"
+    quantized.save_gguf(out, metadata={"quantize_seconds": seconds, "preset": preset},
                         save_decoded=save_decoded, embedding_type=embedding_type, progress=progress)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return QuantizeReport(result, out, time.time() - started + result.resumed_seconds)

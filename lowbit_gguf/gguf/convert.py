@@ -58,8 +58,10 @@ def check_model_dir(model_dir: Path) -> dict:
     return config
 
 
-def convert(model_dir: Path, out: Path, out_type: str = "f16", quiet: bool = False) -> Path:
-    """Write model_dir as a GGUF at out; out only appears once the converter has succeeded."""
+def convert(model_dir: Path, out: Path, out_type: str = "f16", quiet: bool = False, verbose: bool = False) -> Path:
+    """Write model_dir as a GGUF at out; out only appears once the converter has succeeded. The converter's log (a
+    line per tensor) goes to convert_log_path(out); its warnings and errors are shown, with a progress bar over the
+    tensors (quiet: neither; verbose: the whole log as it comes)."""
     model_dir, out = Path(model_dir), Path(out)
     if out_type not in OUT_TYPES:
         raise LowbitError(f"unknown output type {out_type!r}; choose from {', '.join(OUT_TYPES)}")
@@ -72,12 +74,39 @@ def convert(model_dir: Path, out: Path, out_type: str = "f16", quiet: bool = Fal
         script = ["-m", "lowbit_gguf.convert_quantized", str(upstream)]
     else:
         script = [str(upstream / "convert_hf_to_gguf.py")]
+    log_path = convert_log_path(out)
     with partial_output(out, f"the GGUF file {out.name}") as partial:
         cmd = [sys.executable, *script, str(model_dir), "--outfile", str(partial), "--outtype", out_type]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else None, text=True)
-        if proc.returncode != 0:
-            detail = (proc.stderr or "")[-3000:] if quiet else "(its messages are above)"
+        returncode = _run_logged(cmd, log_path, show_progress=not quiet, echo_all=verbose)
+        if returncode != 0:
+            detail = log_path.read_text(errors="replace")[-3000:]
             if "No space left on device" in detail:  # the converter's own OSError: say it as for our writes
                 raise OSError(errno.ENOSPC, detail)
-            raise LowbitError(f"llama.cpp's converter failed on {model_dir}: {detail}")
+            raise LowbitError(f"llama.cpp's converter failed on {model_dir} (its log: {log_path}): {detail}")
     return out
+
+
+def convert_log_path(out: Path) -> Path:
+    """Where the converter's log for the output `out` is kept (the last conversion to that name)."""
+    folder = cache_root() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"convert-{Path(out).name}.log"
+
+
+def _run_logged(cmd: list[str], log_path: Path, show_progress: bool, echo_all: bool) -> int:
+    """Run the converter with its output into log_path; warnings, errors and tracebacks also to stderr, a progress
+    bar counting the tensors it converts. The converter's exit status."""
+    from tqdm import tqdm
+
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, "errors": "replace"}
+    with open(log_path, "w") as log, subprocess.Popen(cmd, **output) as proc, \
+            tqdm(desc="converting", unit="tensor", disable=not show_progress or echo_all) as bar:
+        shown = False  # inside a traceback: every line is shown
+        for line in proc.stdout:
+            log.write(line)
+            shown = shown or line.startswith("Traceback")
+            if echo_all or (show_progress and (shown or line.startswith(("WARNING", "ERROR", "CRITICAL")))):
+                tqdm.write(line.rstrip("\n"), file=sys.stderr)
+            if " --> " in line:  # the converter's line for each tensor it writes
+                bar.update(1)
+    return proc.returncode

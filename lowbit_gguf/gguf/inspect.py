@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class GGUFSummary:
     architecture: str
     tensors: list[TensorInfo]
     file_bytes: int
+    lowbit: dict[str, str] = dataclasses.field(default_factory=dict)  # lowbit_gguf.* metadata, prefix dropped
 
     def bits_per_weight(self, linear_only: bool = False) -> float:
         """Bits per weight over the model's weights, or over the block linear weights only. Side tensors
@@ -176,7 +178,48 @@ def read_summary(path: str | Path) -> GGUFSummary:
         TensorInfo(t.name, t.tensor_type.name, tuple(int(x) for x in t.shape), int(t.n_elements), int(t.n_bytes))
         for t in reader.tensors
     ]
-    return GGUFSummary(path, architecture, tensors, path.stat().st_size)
+    lowbit = {f.name.removeprefix("lowbit_gguf."): str(f.contents()) for f in reader.fields.values()
+              if f.name.startswith("lowbit_gguf.")}
+    return GGUFSummary(path, architecture, tensors, path.stat().st_size, lowbit)
+
+
+def describe_quantization(lowbit: dict[str, str]) -> list[str]:
+    """Lines saying how a lowbit file was made, from its lowbit_gguf.* metadata: method and config (the fields that
+    differ from the method's defaults), preset, quantization time, the checkpoint it was imported from, end-to-end
+    fine-tuning."""
+    import json
+
+    if "method" not in lowbit:
+        return []
+    method = lowbit["method"]
+    try:
+        config = json.loads(lowbit.get("config", "{}"))
+    except json.JSONDecodeError:
+        config = {}
+    name, defaults = "", {}
+    try:
+        from lowbit_gguf.methods import get_method
+
+        config_type = get_method(method).config_type
+        name = config_type(**config).name
+        defaults = dataclasses.asdict(config_type.parse(name))
+    except Exception:  # a config or method this version does not know: every field
+        pass
+    changed = {k: v for k, v in config.items() if defaults.get(k, object()) != v} if isinstance(config, dict) else {}
+    settings = " ".join(f"{k}={v}" for k, v in changed.items())
+    lines = [f"method:       {method} {name}" + (f" ({settings})" if settings else "")]
+    made = []
+    if "imported_from" in lowbit:
+        made.append(f"imported from a published {lowbit['imported_from']} checkpoint, not quantized here")
+    if "preset" in lowbit:
+        made.append(f"preset {lowbit['preset']}")
+    if "quantize_seconds" in lowbit:
+        made.append(f"quantized in {float(lowbit['quantize_seconds']):.0f} s")
+    if "finetune" in lowbit:
+        made.append("fine-tuned end to end")
+    if made:
+        lines.append(f"made:         {', '.join(made)}")
+    return lines
 
 
 def format_summary(summary: GGUFSummary, show_tensors: bool = True) -> str:
@@ -195,7 +238,7 @@ def format_summary(summary: GGUFSummary, show_tensors: bool = True) -> str:
         f"parameters:   {summary.n_parameters / 1e6:.1f} M",
         f"bits/weight:  {summary.bits_per_weight():.3f} over all tensors, "
         f"{summary.bits_per_weight(linear_only=True):.3f} over block linear weights",
-    ]
+    ] + describe_quantization(summary.lowbit)
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -100,13 +100,21 @@ class MethodSpec:
     # quantize takes row_order= (the order the GGUF will hold the weight's rows in, None: as they are), for
     # methods whose vectors span rows (VPTQ)
     groups_rows: bool = False
+    # config fields each preset of lowbit_gguf.settings.PRESETS sets (text, as --set takes them); absent: none
+    presets: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def parse_config(self, text, overrides: dict[str, str] | None = None):
-        """A config from its compact text ('2x8'), None (the defaults), or a config object as is; overrides
-        sets fields by name from text ({"beam_size": "8"}), converted to each field's type."""
+    def parse_config(self, text, overrides: dict[str, str] | None = None, preset: str = "default"):
+        """A config from its compact text ('2x8'), None (the defaults), or a config object as is; preset sets its
+        fields first, then overrides sets fields by name from text ({"beam_size": "8"}), converted to each
+        field's type."""
+        from lowbit_gguf.settings import PRESETS
+
+        if preset not in PRESETS:
+            raise LowbitError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         config = text if isinstance(text, self.config_type) else (
             self.config_type.parse(text) if text else self.config_type())
-        return with_fields(config, overrides or {}) if overrides else config
+        fields_set = {**self.presets.get(preset, {}), **(overrides or {})}
+        return with_fields(config, fields_set) if fields_set else config
 
 
 def match_compact(text: str, pattern: str, method: str, form: str) -> re.Match:

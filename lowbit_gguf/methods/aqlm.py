@@ -59,6 +59,10 @@ class AQLMConfig:
         return cls(num_codebooks=int(m.group(1)), nbits=int(m.group(2)), group_size=group)
 
     @property
+    def name(self) -> str:
+        return f"{self.num_codebooks}x{self.nbits}" + (f"g{self.group_size}" if self.group_size != 8 else "")
+
+    @property
     def codebook_size(self) -> int:
         return 2**self.nbits
 
@@ -173,4 +177,6 @@ def unpack(weight, config: AQLMConfig) -> dict[str, torch.Tensor]:
 register(MethodSpec("aqlm", AQLMConfig, quantize, decode,
                     "additive quantization: M codebooks of 2^B over groups of 8 (2x8, 1x16, 1x8)",
                     finetune_block=finetune_block, pack=pack, unpack=unpack,
-                    finetune_keys=("codebooks", "scales")))
+                    finetune_keys=("codebooks", "scales"),
+                    presets={"fast": {"max_rounds": "2", "adam_steps": "20", "kmeans_iters": "10", "beam_size": "2",
+                                      "finetune_epochs": "1"}}))

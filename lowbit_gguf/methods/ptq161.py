@@ -65,6 +65,10 @@ class PTQ161Config:
                           "s<salient percent>[+lora<rank>], e.g. s20 or s20+lora16")
         return cls(salient_ratio=float(m.group(1)) / 100, lora_rank=int(m.group(2) or 0))
 
+    @property
+    def name(self) -> str:
+        return f"s{self.salient_ratio * 100:g}" + (f"+lora{self.lora_rank}" if self.lora_rank else "")
+
 
 def n_salient(d_in: int, ratio: float) -> int:
     """Salient channels of a layer: ratio of d_in rounded to a multiple of 8 (whole bytes in the row),
@@ -343,4 +347,4 @@ METHOD = register(MethodSpec("ptq161", PTQ161Config, quantize, decode,
                     "PTQ1.61: salient input channels in 4 bits, the rest binarized with trained row and column "
                     "scales (s<percent salient>, e.g. s20)",
                     input_statistic="absmax", finetune_block=finetune_block, wants_float_targets=True, pack=pack,
-                    preprocess=restorative_lora))
+                    preprocess=restorative_lora, presets={"fast": {"epochs": "2"}}))

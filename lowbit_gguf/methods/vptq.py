@@ -92,6 +92,11 @@ class VPTQConfig:
                    num_res_centroids=int(m.group(3) or 0))
 
     @property
+    def name(self) -> str:
+        return f"v{self.vector_len}k{self.num_centroids}" + (f"r{self.num_res_centroids}" if self.num_res_centroids
+                                                             else "")
+
+    @property
     def index_bits(self) -> int:
         """Bits of one vector's entry: main index, then residual index."""
         return self.main_bits + self.res_bits
@@ -279,4 +284,5 @@ register(MethodSpec("vptq", VPTQConfig, quantize, decode,
                     "vector quantization along the output dimension, second-order (GPTQ) assignment, residual "
                     "codebook (v8k256r256, v4k256, v6k4096, ...)",
                     finetune_block=finetune_block, pack=pack, unpack=unpack,
-                    finetune_keys=TRAINED, groups_rows=True))
+                    finetune_keys=TRAINED, groups_rows=True,
+                    presets={"fast": {"kmeans_iters": "20", "residual_beam": "4", "finetune_epochs": "1"}}))

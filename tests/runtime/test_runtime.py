@@ -160,3 +160,17 @@ def test_truncated_and_garbage_files_are_refused(tiny_gguf, tmp_path, runtime_bu
     assert "llama_model_load" not in capfd.readouterr().err  # not also printed behind the caller's back
     with pytest.raises(BadGGUF, match="no such GGUF file"):
         Model(tmp_path / "missing.gguf")
+
+
+def test_converter_log_goes_to_a_file(default_model_dir, tmp_path, capfd):
+    """The converter's line per tensor is kept in its log, not printed (--verbose prints it); the bar is shown."""
+    from lowbit_gguf.gguf.convert import convert, convert_log_path
+
+    make_tiny_llama(tmp_path / "tiny", tokenizer_dir=default_model_dir)
+    out = convert(tmp_path / "tiny", tmp_path / "tiny.gguf", "f16")
+    err = capfd.readouterr().err
+    log = convert_log_path(out).read_text()
+    assert "blk.0.attn_q.weight" in log and " --> " in log
+    assert "blk.0.attn_q.weight" not in err and "converting" in err
+    convert(tmp_path / "tiny", tmp_path / "tiny.gguf", "f16", verbose=True)
+    assert "blk.0.attn_q.weight" in capfd.readouterr().err
