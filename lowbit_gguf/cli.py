@@ -46,7 +46,8 @@ def runtime():
 @click.option("--cuda-arch", default="90", show_default=True, help="CUDA architectures for --cuda.")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs (default: all cores).")
 @click.option("--sanitize", type=click.Choice(["address"]), default=None,
-              help="A separate build with AddressSanitizer and UndefinedBehaviorSanitizer (for `lowbit-gguf fuzz`).")
+              help="A separate build with AddressSanitizer and UndefinedBehaviorSanitizer (for "
+                   "`tools/fuzz-gguf --sanitize`).")
 def runtime_build(cuda, metal, cuda_arch, jobs, sanitize):
     """Fetch the pinned llama.cpp, apply the patches and build libraries and tools (cached)."""
     from lowbit_gguf.runtime.build import BuildOptions, build_runtime

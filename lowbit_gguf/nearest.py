@@ -4,7 +4,7 @@ For each row q of queries [n, g] and a codebook [K, g] it returns min over codew
 the codeword's index; with norms = |c|^2 that is the nearest codeword. torch has no fused form of it: scoring
 through a matmul writes an [n, K] matrix, too large for k-means over FFN weights with 1x16's 65,536 codewords,
 and faiss's exact search and a torch.compile'd loop are slower at g = 8 than the small C kernel beside this file
-(nearest.c; the README's figures), which the system C compiler builds for this machine at first use (cached
+(nearest.c; figures in docs/results.md), which the system C compiler builds for this machine at first use (cached
 under the lowbit-gguf cache, a fraction of a second) and cffi loads. Rows are split over torch's thread count;
 cffi releases the GIL during each call.
 """

@@ -18,7 +18,7 @@ After all linears of a block are quantized, their codebooks, scales and biases a
 fine-tuned against the float block's outputs (the paper's layer-wise stage, through the shared block training),
 and `lowbit-gguf finetune` trains the same parts end to end.
 
-Deviations from the reference, on purpose (each measured against the reference's way in the README): in the
+Deviations from the reference, on purpose (each measured against the reference's way in docs/methods.md): in the
 residual pass each vector takes the best (main, residual) pair among its 8 nearest main centroids, where the
 reference takes the nearest main and then the nearest residual (`residual_beam=1`); enable_norm is off by default,
 and with it on the loop's Hessian is diag(s) H diag(s), the objective of the normalised weight (the reference keeps
@@ -56,10 +56,10 @@ class VPTQConfig:
     vector_len: int = 8  # v
     num_centroids: int = 256  # k, a power of two
     num_res_centroids: int = 256  # k_res, a power of two; 0: no residual codebook
-    enable_norm: bool = False  # the reference's option; off by default: it raised the objective here (README)
+    enable_norm: bool = False  # the reference's option; off by default: it raised the objective here (docs/methods.md)
     enable_perm: bool = True
     # main centroids tried per vector in the residual pass, each with its best residual (1: the reference's
-    # greedy main-then-residual; the joint search is this project's, README)
+    # greedy main-then-residual; the joint search is this project's, docs/methods.md)
     residual_beam: int = 8
     kmeans_iters: int = 100
     kmeans_tol: float = 1e-5  # stop k-means when the weighted inertia improves by less than this fraction
