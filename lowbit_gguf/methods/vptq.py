@@ -285,4 +285,4 @@ register(MethodSpec("vptq", VPTQConfig, quantize, decode,
                     "codebook (v8k256r256, v4k256, v6k4096, ...)",
                     finetune_block=finetune_block, pack=pack, unpack=unpack,
                     finetune_keys=TRAINED, groups_rows=True,
-                    presets={"fast": {"kmeans_iters": "20", "residual_beam": "4", "finetune_epochs": "1"}}))
+                    presets={"fast": {"kmeans_iters": "10", "residual_beam": "1", "finetune_epochs": "1"}}))
