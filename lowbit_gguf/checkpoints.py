@@ -271,8 +271,8 @@ def vptq_payload(get, module: str, shape: tuple[int, int], layer: dict, config) 
         perm = _as_uint16(tensor("perm", (d_in,), (torch.int16, torch.int32, torch.int64)))
         if not np.array_equal(np.sort(perm), np.arange(d_in)):
             raise LowbitError(f"{module}.perm is not a permutation of its {d_in} columns")
-        # the file's column j is the model's column perm[j]
-        idx, res = idx[:, np.argsort(perm)], res[:, np.argsort(perm)]
+        model_order = np.argsort(perm)  # the file's column j is the model's column perm[j]
+        idx, res = idx[:, model_order], res[:, model_order]
     centroids = tensor("centroids.weight", (1, k * v), floats).reshape(k, v)
     res_centroids = (tensor("res_centroids.weight", (1, k_res * v), floats).reshape(k_res, v) if k_res
                      else torch.zeros(1, v))

@@ -19,6 +19,25 @@ import torch
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
+def _float_model(float_dir: Path):
+    """(the float model at float_dir in float32, {decoder linear name: (d_out, d_in)}), the head left out."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32)
+    shapes = {name: (m.out_features, m.in_features) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    return model, shapes
+
+
+def _save_checkpoint(model, dtype: torch.dtype, float_dir: Path, out_dir: Path) -> Path:
+    """Save the quantized model in dtype with float_dir's tokenizer files beside it."""
+    model.to(dtype).save_pretrained(out_dir)
+    for name in TOKENIZER_FILES:
+        if (Path(float_dir) / name).exists():
+            shutil.copy2(Path(float_dir) / name, Path(out_dir) / name)
+    return Path(out_dir)
+
+
 def random_aqlm_payload(d_out: int, d_in: int, num_codebooks: int, nbits: int, seed: int) -> dict[str, torch.Tensor]:
     """A payload as lowbit_gguf.methods.aqlm holds it (codes [d_out, d_in / 8, M], codebooks [M, 2^B, 8],
     scales [d_out]) with codes over the whole range and codewords of a trained layer's size."""
@@ -41,12 +60,10 @@ def write_aqlm_checkpoint(float_dir: Path, out_dir: Path, num_codebooks: int, nb
     if importlib.util.find_spec("aqlm") is None:
         raise LowbitError("writing AQLM checkpoints needs the aqlm package: pip install aqlm==1.1.7 numba accelerate")
     importlib.import_module("transformers.quantizers")  # before the integration, which imports it back
-    from transformers import AqlmConfig, AutoModelForCausalLM
+    from transformers import AqlmConfig
     from transformers.integrations import replace_with_aqlm_linear
 
-    model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32)
-    shapes = {name: (m.out_features, m.in_features) for name, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    model, shapes = _float_model(float_dir)
     qconfig = AqlmConfig(in_group_size=8, out_group_size=1, num_codebooks=num_codebooks, nbits_per_codebook=nbits,
                          linear_weights_not_to_quantize=list(not_to_quantize))
     replace_with_aqlm_linear(model, modules_to_not_convert=["lm_head"], quantization_config=qconfig)
@@ -59,11 +76,7 @@ def write_aqlm_checkpoint(float_dir: Path, out_dir: Path, num_codebooks: int, nb
         module.codebooks.data = payload["codebooks"].float().reshape(num_codebooks, 2**nbits, 1, 8)
         module.scales.data = payload["scales"].float().reshape(d_out, 1, 1, 1)
     model.config.quantization_config = qconfig
-    model.to(dtype).save_pretrained(out_dir)
-    for name in TOKENIZER_FILES:
-        if (Path(float_dir) / name).exists():
-            shutil.copy2(Path(float_dir) / name, Path(out_dir) / name)
-    return Path(out_dir)
+    return _save_checkpoint(model, dtype, float_dir, out_dir)
 
 
 def import_vptq():
@@ -114,14 +127,12 @@ def write_vptq_checkpoint(float_dir: Path, out_dir: Path, v: int, k: int, k_res:
     the model's column order (random ones when None); with enable_perm a random column permutation is stored and
     the indices are written in its order, as the reference's act-order quantization leaves them."""
     import_vptq()
-    from transformers import AutoModelForCausalLM, VptqConfig
+    from transformers import VptqConfig
     from vptq.layers.model_base import make_quant_linear
     from vptq.layers.vqlinear import VQuantLinear
     from vptq.utils.pack import pack_index
 
-    model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32)
-    shapes = {name: (m.out_features, m.in_features) for name, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    model, shapes = _float_model(float_dir)
     layers = {name: vptq_layer_config(d_out, d_in, v, k, k_res, enable_norm, enable_perm)
               for name, (d_out, d_in) in shapes.items()}
     make_quant_linear(model, layers, {}, target_layer=VQuantLinear)
@@ -144,11 +155,7 @@ def write_vptq_checkpoint(float_dir: Path, out_dir: Path, v: int, k: int, k_res:
             module.weight_scale.data = payload["col_scale"].float()
             module.weight_bias.data = payload["col_bias"].float()
     model.config.quantization_config = VptqConfig(config_for_layers=layers, shared_layer_config={})
-    model.to(dtype).save_pretrained(out_dir)
-    for name in TOKENIZER_FILES:
-        if (Path(float_dir) / name).exists():
-            shutil.copy2(Path(float_dir) / name, Path(out_dir) / name)
-    return Path(out_dir)
+    return _save_checkpoint(model, dtype, float_dir, out_dir)
 
 
 def load_vptq_reference(checkpoint: Path, dtype: torch.dtype = torch.float32):
@@ -157,7 +164,6 @@ def load_vptq_reference(checkpoint: Path, dtype: torch.dtype = torch.float32):
     transformers before 5), the checkpoint's tensors loaded into them. On the CPU VQuantLinear decodes through the
     package's torch implementation."""
     import_vptq()
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
     from vptq.layers.model_base import make_quant_linear
     from vptq.layers.vqlinear import VQuantLinear
@@ -173,15 +179,14 @@ def load_vptq_reference(checkpoint: Path, dtype: torch.dtype = torch.float32):
     make_quant_linear(model, qconfig.get("config_for_layers") or {}, qconfig.get("shared_layer_config") or {},
                       target_layer=VQuantLinear)
     tensors = CheckpointTensors(checkpoint)
-    state = {}
-    for shard in sorted(set(tensors.where.values())):
-        state.update(load_file(Path(checkpoint) / shard))
+    state = {name: tensors.get(name) for name in tensors.where}
     missing, unexpected = model.load_state_dict(
         {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}, strict=False, assign=True)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise LowbitError(f"{checkpoint}: the vptq package's model {'lacks ' + str(sorted(set(missing) - tied)[:3])}"
-                          f"{' and has no place for ' + str(sorted(unexpected)[:3]) if unexpected else ''}")
+    lacking = sorted(set(missing) - tied)
+    if lacking or unexpected:
+        raise LowbitError(f"{checkpoint} does not fit the vptq package's model: it lacks {lacking[:3]} and has "
+                          f"{sorted(unexpected)[:3]} beyond it")
     if tied:
         model.tie_weights()
     return model.eval()

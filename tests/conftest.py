@@ -184,17 +184,22 @@ def bounds(method: str):
     return METHODS[method].bounds
 
 
-def rewrite_gguf(source, out, edit):
-    """Copy a GGUF, passing each (name, data, type) through edit (None drops the tensor)."""
+def rewrite_gguf(source, out, edit=None, strings: dict | None = None):
+    """Copy a GGUF, passing each (name, data, type) through edit (None drops the tensor; no edit: copied as is) and
+    setting the string keys in strings (a value None drops the key)."""
     import gguf
 
     from lowbit_gguf.gguf.write import _copy_metadata
 
     reader = gguf.GGUFReader(source)
     writer = gguf.GGUFWriter(out, reader.get_field("general.architecture").contents())
-    _copy_metadata(reader, writer)
+    _copy_metadata(reader, writer, skip=tuple(strings or ()))
+    for key, value in (strings or {}).items():
+        if value is not None:
+            writer.add_string(key, value)
     for t in reader.tensors:
-        changed = edit(t.name, np.asarray(t.data), t.tensor_type)
+        changed = (np.asarray(t.data), t.tensor_type) if edit is None else edit(t.name, np.asarray(t.data),
+                                                                                t.tensor_type)
         if changed is not None:
             writer.add_tensor(t.name, changed[0], raw_dtype=changed[1])
     writer.write_header_to_file()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import gguf
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, rewrite_gguf
 from lowbit_gguf.published import import_vptq, load_vptq_reference, write_vptq_checkpoint
 from runtime_parity import check_logits, check_perplexity
 
@@ -121,33 +121,14 @@ def test_rope_type_key_is_checked(tiny_float, tmp_path, runtime_build):
     right, and a value it does not know is a load error naming it."""
     from lowbit_gguf.errors import LowbitError
     from lowbit_gguf.runtime import Model
-    from lowbit_gguf.gguf.inspect import open_gguf
 
     path, checkpoint = import_tiny(tiny_float, tmp_path)
-    for value, problem in (("norm", "'lowbit_gguf.rope_type' is 'norm'"), (None, None)):
-        edited = tmp_path / f"rope-{value}.gguf"
-        reader = open_gguf(path)
-        writer = gguf.GGUFWriter(edited, "llama")
-        for field in reader.fields.values():
-            if field.name.startswith("GGUF.") or field.name in ("general.architecture", "lowbit_gguf.rope_type"):
-                continue
-            vtype = field.types[0]
-            writer.add_key_value(field.name, field.contents(), vtype,
-                                 field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
-        if value is not None:
-            writer.add_string("lowbit_gguf.rope_type", value)
-        for t in reader.tensors:
-            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        if problem:
-            with pytest.raises(LowbitError, match=problem):
-                Model(edited, n_ctx=64).close()
-        else:
-            with pytest.raises(AssertionError):
-                check_logits(edited, checkpoint, reference=load_vptq_reference(checkpoint))
+    unknown = rewrite_gguf(path, tmp_path / "rope-norm.gguf", strings={"lowbit_gguf.rope_type": "norm"})
+    with pytest.raises(LowbitError, match="'lowbit_gguf.rope_type' is 'norm'"):
+        Model(unknown, n_ctx=64).close()
+    without = rewrite_gguf(path, tmp_path / "rope-none.gguf", strings={"lowbit_gguf.rope_type": None})
+    with pytest.raises(AssertionError):
+        check_logits(without, checkpoint, reference=load_vptq_reference(checkpoint))
 
 
 # ---- checkpoints refused ----
